@@ -460,10 +460,10 @@ def _conflict(path: str, spec: TableSpec, read_version: int, latest: int, *, mod
     ops = sorted({str(a.get("commitInfo", {}).get("operation"))
                   for a in changes if "commitInfo" in a} - {"None"})
     who = f"commits {read_version + 1}..{latest} ({', '.join(ops) or 'unknown'})"
-    if mode == "append" and not removes:
-        return None  # a blind append commutes with anything
     if scope == "table" or (mode == "overwrite" and not partition):
         return f"{who} changed the table while this write read it"
+    if mode == "append" and not removes:
+        return None  # a blind append commutes with anything
     if partition:
         want = {k: _partition_str(v) for k, v in partition.items()}
         for a in data:

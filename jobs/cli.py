@@ -1,0 +1,46 @@
+"""``lakerec``: one console command, one sub-command per job in ``jobs/``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "generate": ("jobs.generate", "synthetic logs and catalog into the landing zone"),
+    "import-movielens": ("jobs.import_movielens", "MovieLens files into the landing zone"),
+    "ingest": ("jobs.ingest", "validate and load one day of logs (and the catalog)"),
+    "train": ("jobs.train", "implicit ALS, holdout evaluation, MLflow, champion alias"),
+    "score": ("jobs.score", "top-K recommendations for every user"),
+    "sql": ("jobs.sql", "analyst SQL over the tables (DuckDB), with time travel"),
+    "demo": ("jobs.demo", "the whole loop end to end on the embedded defaults"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: lakerec <command> [options]   (lakerec <command> --help for its options)",
+             "", "commands:"]
+    lines += [f"  {name:<{width}}  {doc}" for name, (_, doc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from pipelines import __version__
+
+        print(f"lakerec {__version__}")
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"lakerec: error: unknown command {argv[0]!r} (one of: {', '.join(COMMANDS)})",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""lakerec generate: seeded synthetic behaviour logs and catalog, written to the landing zone.
+
+    lakerec generate [--users N] [--items N] [--events N] [--days N] [--clusters N]
+                     [--start YYYY-MM-DD] [--seed N] [--dirty-fraction F] [--out PATH] [--force]
+    spark-submit jobs/generate.py  (same arguments)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass
+
+from pipelines import cli
+from pipelines.config import fraction, parse_date, positive_int
+from pipelines.generate import SyntheticSpec
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    out: str
+    spec: SyntheticSpec
+    force: bool
+    log_level: str | None
+
+
+def parse(argv: list[str] | None) -> GenerateConfig:
+    p = cli.parser("generate", "Seeded synthetic logs (dt=YYYY-MM-DD/*.jsonl) and catalog.")
+    for name, help_ in [("users", "distinct users (20000)"), ("items", "catalog size (5000)"),
+                        ("events", "about this many events (1000000)"),
+                        ("days", "days of logs (30)"), ("clusters", "taste clusters (20)"),
+                        ("seed", "random seed (42)")]:
+        p.add_argument(f"--{name}", help=help_)
+    p.add_argument("--start", help="first day, YYYY-MM-DD (2024-06-01)")
+    p.add_argument("--dirty-fraction", help="share of events corrupted into bad rows (0)")
+    p.add_argument("--out", help="landing folder (default <lakehouse>/landing)")
+    p.add_argument("--force", action="store_true", help="regenerate even if already present")
+    args, s = cli.parse_args(p, argv, section="generate")
+    d = SyntheticSpec()
+    try:
+        spec = SyntheticSpec(
+            users=s.get("users", flag=args.users, default=d.users, cast=positive_int),
+            items=s.get("items", flag=args.items, default=d.items, cast=positive_int),
+            events=s.get("events", flag=args.events, default=d.events, cast=positive_int),
+            days=s.get("days", flag=args.days, default=d.days, cast=positive_int),
+            clusters=s.get("clusters", flag=args.clusters, default=d.clusters, cast=positive_int),
+            start=s.get("start", flag=args.start, default=d.start, cast=_date),
+            seed=s.get("seed", flag=args.seed, default=d.seed, cast=int),
+            dirty_fraction=s.get("dirty_fraction", flag=args.dirty_fraction,
+                                 default=d.dirty_fraction, cast=fraction),
+        )
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from None
+    out = s.check_writable(s.get("out", flag=args.out, default=s.path("landing")), "--out")
+    return GenerateConfig(out=out, spec=spec, force=args.force, log_level=args.log_level)
+
+
+def _date(v):
+    return v if not isinstance(v, str) else parse_date(v)
+
+
+def body(spark, cfg: GenerateConfig) -> int:
+    from pipelines import generate, landing
+
+    manifest = {"generator": "lakerec.generate", **cfg.spec.as_dict()}
+    if not cfg.force and landing.read_manifest(os.path.join(cfg.out, "events")) == manifest:
+        print(f"already generated in {cfg.out} with these settings (use --force to redo)")
+        return 0
+    with cli.step(f"generate {cfg.spec.events:,} events, {cfg.spec.items:,} items"):
+        lines = generate.event_lines(spark, cfg.spec)
+        items = generate.catalog(spark, cfg.spec)
+        catalog_lines = items.select(spark_to_json(items))
+        counts = landing.write_landing(lines, catalog_lines, cfg.out, manifest)
+    print(f"wrote {counts['event_files']} log files under {cfg.out}/events and the catalog "
+          f"under {cfg.out}/items")
+    return 0
+
+
+def spark_to_json(items):
+    from pyspark.sql import functions as F
+
+    created = F.date_format("created_at", "yyyy-MM-dd'T'HH:mm:ss'Z'")
+    return F.to_json(F.struct("item_id", "title", "description", "category",
+                              created.alias("created_at"))).alias("raw")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run("generate", argv, parse, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

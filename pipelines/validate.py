@@ -1,0 +1,228 @@
+"""Validation of raw events and catalog records against the contracts in ``schemas/``.
+
+One implementation serves the batch ingest (lines of log files) and the stream (Kafka record
+values): both arrive as a ``raw`` payload column. Each payload is parsed once into a Spark
+VARIANT (``try_parse_json``) so that JSON *types* can be checked exactly -- a user id sent as
+the number 5 is ``wrong_type:user_id``, not silently the string "5" -- and every rejected row
+carries the first rule it broke as a machine-readable ``reason``.
+
+Reasons: ``empty_payload``, ``oversized``, ``invalid_utf8``, ``malformed_json``,
+``not_an_object``, ``missing_field:<f>``, ``wrong_type:<f>``, ``bad_length:<f>``,
+``unknown_event_type``, ``value_out_of_range``, ``bad_timestamp``, ``ts_out_of_range``
+(and, from :mod:`pipelines.ingest`, ``duplicate_event_id`` / ``duplicate_already_ingested``).
+
+Example
+-------
+>>> checked = check_events(lines, max_ts=F.lit(cutoff))          # doctest: +SKIP
+>>> valid, rejected = split(checked.persist())                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from schemas import EVENT_RULES
+
+_NUMERIC = ("TINYINT", "SMALLINT", "INT", "BIGINT", "FLOAT", "DOUBLE", "DECIMAL")
+# ISO-8601 with a mandatory UTC offset: 'Z', '+02:00' (XXX) or '+0200' (XX); 0-9 fraction digits.
+_ISO_FORMATS = ("yyyy-MM-dd'T'HH:mm:ss[.SSSSSSSSS]XXX", "yyyy-MM-dd'T'HH:mm:ss[.SSSSSSSSS]XX")
+EVENT_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "value", "ts", "session_id",
+                 "source")
+
+
+def _vtype(field: Column) -> Column:
+    """The JSON type of a VARIANT value: STRING, BIGINT, DECIMAL(3,1), OBJECT<...>, VOID (null)."""
+    return F.schema_of_variant(field)
+
+
+def _is_null(field: Column) -> Column:
+    # absent key -> SQL NULL; JSON null -> VARIANT null, whose type is VOID
+    return field.isNull() | (_vtype(field) == "VOID")
+
+
+def _is_string(field: Column) -> Column:
+    return _vtype(field) == "STRING"
+
+
+def _is_number(field: Column) -> Column:
+    t = _vtype(field)
+    return t.isin(*_NUMERIC[:-1]) | t.startswith("DECIMAL")
+
+
+def _as_string(field: Column) -> Column:
+    return F.try_variant_get(field, "$", "string")
+
+
+def _as_double(field: Column) -> Column:
+    return F.try_variant_get(field, "$", "double")
+
+
+def parse_ts(field: Column) -> Column:
+    """Event time from an ISO-8601 string with offset, or a number of epoch milliseconds."""
+    text = _as_string(field)
+    iso = F.coalesce(*[F.try_to_timestamp(text, F.lit(fmt)) for fmt in _ISO_FORMATS])
+    millis = _as_double(field)
+    from_ms = F.when(F.abs(millis) < 1e16, F.timestamp_micros(F.round(millis * 1000).cast("long")))
+    return F.when(_is_string(field), iso).when(_is_number(field), from_ms)
+
+
+def _payload(raw: Column) -> tuple[Column, Column]:
+    """(text, byte size) of a string or binary payload."""
+    text = raw.cast("string")
+    return text, F.octet_length(raw)
+
+
+def _first_failure(rules: list[tuple[Column, str]]) -> Column:
+    expr = None
+    for cond, reason in rules:
+        expr = F.when(cond, F.lit(reason)) if expr is None else expr.when(cond, F.lit(reason))
+    return expr  # NULL when every rule passed
+
+
+def _string_rules(fields: dict[str, Column], name: str, *, required: bool, max_len: int,
+                  min_len: int = 1) -> list[tuple[Column, str]]:
+    f = fields[name]
+    present = ~_is_null(f)
+    length = F.char_length(_as_string(f))
+    rules = []
+    if required:
+        rules.append((_is_null(f), f"missing_field:{name}"))
+    rules.append((present & ~_is_string(f), f"wrong_type:{name}"))
+    rules.append((present & ((length < min_len) | (length > max_len)), f"bad_length:{name}"))
+    return rules
+
+
+def check_events(lines: DataFrame, *, max_ts: Column, raw_col: str = "raw") -> DataFrame:
+    """Parse and check every payload; add ``reason`` (NULL = valid) and the typed event columns.
+
+    Parameters
+    ----------
+    lines : DataFrame
+        A ``raw`` column (string or binary) plus any lineage columns, which are kept.
+    max_ts : Column
+        Latest acceptable event time (events further in the future are ``ts_out_of_range``).
+
+    Returns
+    -------
+    DataFrame
+        ``lines``' columns, the :data:`EVENT_COLUMNS` (NULL where unreadable), ``raw_size``
+        and ``reason``.
+    """
+    r = EVENT_RULES
+    raw = F.col(raw_col)
+    text, size = _payload(raw)
+    utf8 = F.is_valid_utf8(text)
+    v = F.when((size <= r.max_payload_bytes) & utf8, F.try_parse_json(text))
+    df = lines.withColumn("_v", v).withColumn("raw_size", size.cast("long"))
+    names = ("event_id", "user_id", "item_id", "event_type", "value", "ts", "session_id", "source")
+    fields = {n: F.variant_get(F.col("_v"), f"$.{n}", "variant") for n in names}
+    for n, expr in fields.items():
+        df = df.withColumn(f"_f_{n}", expr)
+    fields = {n: F.col(f"_f_{n}") for n in names}
+
+    event_type = _as_string(fields["event_type"])
+    value = _as_double(fields["value"])
+    ts = parse_ts(fields["ts"])
+    is_rating = event_type == "rating"
+    rules: list[tuple[Column, str]] = [
+        (raw.isNull() | (size == 0), "empty_payload"),
+        (size > r.max_payload_bytes, "oversized"),
+        (~utf8, "invalid_utf8"),
+        (F.col("_v").isNull(), "malformed_json"),
+        (~_vtype(F.col("_v")).startswith("OBJECT"), "not_an_object"),
+    ]
+    for n in ("event_id", "user_id", "item_id"):
+        rules += _string_rules(fields, n, required=True, max_len=r.id_max_len[n])
+    rules += _string_rules(fields, "event_type", required=True, max_len=64)
+    rules.append((~event_type.isin(*r.event_types), "unknown_event_type"))
+    rules.append((~_is_null(fields["value"]) & ~_is_number(fields["value"]), "wrong_type:value"))
+    rules.append((is_rating & _is_null(fields["value"]), "missing_field:value"))
+    rules.append((is_rating & ((value < r.rating_min) | (value > r.rating_max)),
+                  "value_out_of_range"))
+    rules.append((_is_null(fields["ts"]), "missing_field:ts"))
+    rules.append((~_is_string(fields["ts"]) & ~_is_number(fields["ts"]), "wrong_type:ts"))
+    rules.append((ts.isNull(), "bad_timestamp"))
+    rules.append(((ts < F.lit(r.min_ts).cast("timestamp")) | (ts > max_ts), "ts_out_of_range"))
+    for n in r.optional_strings:
+        rules += _string_rules(fields, n, required=False, max_len=128, min_len=0)
+
+    out = df.withColumn("reason", _first_failure(rules)).select(
+        *lines.columns,
+        F.when(_is_string(fields["event_id"]), _as_string(fields["event_id"])).alias("event_id"),
+        _as_string(fields["user_id"]).alias("user_id"),
+        _as_string(fields["item_id"]).alias("item_id"),
+        event_type.alias("event_type"),
+        value.alias("value"),
+        ts.alias("ts"),
+        _as_string(fields["session_id"]).alias("session_id"),
+        _as_string(fields["source"]).alias("source"),
+        "raw_size",
+        "reason",
+    )
+    return out
+
+
+def check_catalog(lines: DataFrame, *, raw_col: str = "raw") -> DataFrame:
+    """Parse and check catalog records; add ``reason`` and the typed item columns."""
+    from schemas import catalog_json_schema
+
+    props = catalog_json_schema()["properties"]
+    raw = F.col(raw_col)
+    text, size = _payload(raw)
+    utf8 = F.is_valid_utf8(text)
+    v = F.when((size <= EVENT_RULES.max_payload_bytes) & utf8, F.try_parse_json(text))
+    names = ("item_id", "title", "description", "category", "created_at")
+    df = lines.withColumn("_v", v).withColumn("raw_size", size.cast("long"))
+    for n in names:
+        df = df.withColumn(f"_f_{n}", F.variant_get(F.col("_v"), f"$.{n}", "variant"))
+    fields = {n: F.col(f"_f_{n}") for n in names}
+    created = parse_ts(fields["created_at"])
+    rules: list[tuple[Column, str]] = [
+        (raw.isNull() | (size == 0), "empty_payload"),
+        (size > EVENT_RULES.max_payload_bytes, "oversized"),
+        (~utf8, "invalid_utf8"),
+        (F.col("_v").isNull(), "malformed_json"),
+        (~_vtype(F.col("_v")).startswith("OBJECT"), "not_an_object"),
+    ]
+    rules += _string_rules(fields, "item_id", required=True, max_len=props["item_id"]["maxLength"])
+    rules += _string_rules(fields, "title", required=True, max_len=props["title"]["maxLength"])
+    for n in ("description", "category"):
+        rules += _string_rules(fields, n, required=False, max_len=props[n]["maxLength"],
+                               min_len=0)
+    rules.append((~_is_null(fields["created_at"]) & created.isNull(), "bad_timestamp"))
+    return df.withColumn("reason", _first_failure(rules)).select(
+        *lines.columns,
+        *[_as_string(fields[n]).alias(n) for n in ("item_id", "title", "description",
+                                                   "category")],
+        created.alias("created_at"),
+        "raw_size",
+        "reason",
+    )
+
+
+def quarantine_rows(rejected: DataFrame, *, raw_col: str = "raw") -> DataFrame:
+    """Shape rejected rows for the ``quarantine`` table's payload columns.
+
+    ``raw`` is kept as text (invalid UTF-8 replaced, cut at 1,048,576 characters);
+    ``raw_bytes`` keeps the exact bytes only when the payload was not valid UTF-8.
+    """
+    raw = F.col(raw_col)
+    text = raw.cast("string")
+    valid = F.coalesce(F.is_valid_utf8(text), F.lit(True))
+    limit = EVENT_RULES.max_payload_bytes
+    return rejected.select(
+        F.substring(F.make_valid_utf8(text), 1, limit).alias("raw"),
+        F.when(~valid, F.substring(raw.cast("binary"), 1, limit)).alias("raw_bytes"),
+        F.coalesce(F.col("raw_size"), F.lit(0)).cast("long").alias("raw_size"),
+        "reason",
+        F.col("event_id") if "event_id" in rejected.columns else F.lit(None).cast("string"),
+        *[c for c in rejected.columns if c not in (raw_col, "raw_size", "reason", "event_id",
+                                                   *EVENT_COLUMNS, "title", "description",
+                                                   "category", "created_at")],
+    )
+
+
+def split(checked: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(valid rows, rejected rows) of a checked DataFrame. Persist ``checked`` first."""
+    return checked.where(F.col("reason").isNull()), checked.where(F.col("reason").isNotNull())
