@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -68,21 +67,12 @@ def body(spark, cfg: GenerateConfig) -> int:
         print(f"already generated in {cfg.out} with these settings (use --force to redo)")
         return 0
     with cli.step(f"generate {cfg.spec.events:,} events, {cfg.spec.items:,} items"):
-        lines = generate.event_lines(spark, cfg.spec)
-        items = generate.catalog(spark, cfg.spec)
-        catalog_lines = items.select(spark_to_json(items))
-        counts = landing.write_landing(lines, catalog_lines, cfg.out, manifest)
+        counts = landing.write_landing(generate.event_lines(spark, cfg.spec),
+                                       generate.catalog_lines(spark, cfg.spec), cfg.out,
+                                       manifest)
     print(f"wrote {counts['event_files']} log files under {cfg.out}/events and the catalog "
           f"under {cfg.out}/items")
     return 0
-
-
-def spark_to_json(items):
-    from pyspark.sql import functions as F
-
-    created = F.date_format("created_at", "yyyy-MM-dd'T'HH:mm:ss'Z'")
-    return F.to_json(F.struct("item_id", "title", "description", "category",
-                              created.alias("created_at"))).alias("raw")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -288,18 +288,32 @@ def file_uri_to_relative(uri: str, table_root: str) -> str:
 def arrow_dataset(root: str, spec: TableSpec | str, version: int | None = None):
     """A ``pyarrow.dataset`` over a table snapshot, for DuckDB, Polars and pandas.
 
-    Local tables are read through Arrow's native filesystem: with deltalake 1.6's default
-    Python filesystem handler, processes aborted at exit ("terminate called without an active
-    exception") about one run in four here.
+    Built from the snapshot's file list (hive-style partition paths, as lakerec writes
+    them) instead of ``DeltaTable.to_pyarrow_dataset()``: with deltalake 1.6.6 the latter
+    attaches ``col >= null`` guarantees to files whose stats lack a column's min/max, and a
+    filter on that column then silently skips those files (seen here; delta-rs issues #1496,
+    #3173). Local files are opened through Arrow's native filesystem; deltalake's Python
+    filesystem handler made processes abort at exit about one run in four.
     """
+    import pyarrow as pa
+    import pyarrow.dataset as ds
     import pyarrow.fs as pafs
 
+    from schemas.tables import TABLES
+
+    spec = TABLES[spec] if isinstance(spec, str) else spec
     dt = open_table(root, spec, version)
     path = table_path(root, spec)
-    if os.path.isdir(path):
-        fs = pafs.SubTreeFileSystem(os.path.abspath(path), pafs.LocalFileSystem())
-        return dt.to_pyarrow_dataset(filesystem=fs)
-    return dt.to_pyarrow_dataset()
+    actions = _add_actions(dt)
+    schema = spec.arrow_schema()
+    if not os.path.isdir(path) or not all(_hive_consistent(a, spec) for a in actions):
+        log.warning("%s: not a local hive-style table; using deltalake's own dataset", spec.name)
+        return dt.to_pyarrow_dataset()
+    fs = pafs.SubTreeFileSystem(os.path.abspath(path), pafs.LocalFileSystem())
+    part_schema = pa.schema([schema.field(c) for c in spec.partition_by])
+    return ds.dataset([unquote(a["path"]) for a in actions], schema=schema, format="parquet",
+                      filesystem=fs, partitioning=ds.partitioning(part_schema, flavor="hive")
+                      if spec.partition_by else None)
 
 
 # --------------------------------------------------------------------------- writing
@@ -387,10 +401,11 @@ def _remove_if_empty(d: str) -> None:
 def _file_stats(file: str, spec: TableSpec) -> dict:
     """Delta file statistics from the Parquet footer.
 
-    Row and null counts for every flat column; min/max only for integer, date and timestamp
-    columns, where the footer value is exact (timestamps widened to whole milliseconds, as
-    Delta stats are millisecond strings). Strings and floats get no min/max, so no reader
-    can skip a file wrongly on a truncated or NaN bound.
+    Row and null counts for every flat column; min/max for integer, date, timestamp and
+    short string columns, where the footer value is exact (timestamps widened to whole
+    milliseconds, as Delta stats are millisecond strings). Floats get no min/max (NaN has no
+    place in an order) and neither do strings of 64 bytes or more, which some writers
+    truncate, so no reader can skip a file wrongly.
     """
     import pyarrow.parquet as pq
 
@@ -418,8 +433,15 @@ def _file_stats(file: str, spec: TableSpec) -> dict:
         if not complete:
             continue
         stats["nullCount"][name] = nulls
-        if lo is None or types[name] not in ("int", "long", "date", "timestamp"):
+        if lo is None or types[name] not in ("int", "long", "date", "timestamp", "string"):
             continue
+        if types[name] == "string":
+            if len(lo) >= 64 or len(hi) >= 64:
+                continue
+            try:
+                lo, hi = lo.decode(), hi.decode()
+            except UnicodeDecodeError:
+                continue
         if types[name] == "date":
             lo, hi = (_dt.date(1970, 1, 1) + _dt.timedelta(days=v) for v in (lo, hi))
             lo, hi = lo.isoformat(), hi.isoformat()

@@ -25,6 +25,7 @@ Example
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from dataclasses import asdict, dataclass
 
 from pyspark.sql import Column, DataFrame
@@ -148,7 +149,9 @@ def catalog(spark, spec: SyntheticSpec) -> DataFrame:
 def events(spark, spec: SyntheticSpec) -> DataFrame:
     """Clean synthetic events, typed: the SPEC section 3 fields plus ``dt`` (arrival date)."""
     s, C, I = spec.seed, spec.clusters, spec.items
-    n_sessions = max(1, round(spec.events / spec.session_mean))
+    # session length is 1 + floor(Exp(mean - 1)); E[floor(X)] = 1 / (e^(1/theta) - 1)
+    mean_len = 1 + (1 / math.expm1(1 / (spec.session_mean - 1)) if spec.session_mean > 1 else 0)
+    n_sessions = max(1, round(spec.events / mean_len))
     sess = spark.range(0, n_sessions, numPartitions=_partitions(spark, spec.events, 250_000))
     sid = F.col("id")
     user_idx = F.floor(spec.users * F.pow(_u(s, "user", sid), spec.user_skew)).cast("long")
@@ -273,3 +276,11 @@ def event_lines(spark, spec: SyntheticSpec) -> DataFrame:
     copies = F.when(dirty & (kind == "duplicate"), F.array(raw, raw)).otherwise(
         F.array(F.when(dirty, corrupted).otherwise(raw)))
     return df.select(F.explode(copies).alias("raw"), "dt")
+
+
+def catalog_lines(spark, spec: SyntheticSpec) -> DataFrame:
+    """The catalog as JSON Lines (column ``raw``), in the catalog contract's format."""
+    items = catalog(spark, spec)
+    created = F.date_format("created_at", "yyyy-MM-dd'T'HH:mm:ss'Z'")
+    return items.select(F.to_json(F.struct("item_id", "title", "description", "category",
+                                           created.alias("created_at"))).alias("raw"))

@@ -59,7 +59,8 @@ def test_stats_are_exact_for_the_columns_they_cover(spark, lakehouse):
     # micro-second timestamps widen to whole milliseconds on both sides
     assert stats["minValues"]["ts"] == "2024-05-01T12:00:00.123Z"
     assert stats["maxValues"]["ts"] == "2024-05-01T12:00:00.124Z"
-    assert "name" not in stats["minValues"]
+    assert stats["minValues"]["name"] == stats["maxValues"]["name"] == "x"
+    assert "vec" not in stats["nullCount"]  # nested: no stats rather than wrong ones
     assert add["partitionValues"] == {"dt": "2024-05-01"}
 
 
@@ -199,6 +200,19 @@ def test_duckdb_and_polars_read_the_tables(spark, lakehouse):
     assert sorted(pl.read_delta(path, version=1)["id"].to_list()) == [1, 2]
     vec = pl.read_delta(path).sort("id")["vec"].to_list()
     assert vec == [[2.0], [9.0]]
+
+
+def test_filters_never_skip_files_wrongly(spark, lakehouse):
+    """Regression: deltalake's own pyarrow dataset pruned files whose stats lacked a column."""
+    import duckdb
+
+    long_name = "n" * 80  # too long for string stats
+    delta.write(spark, rows(spark, [(1, long_name, D1)]).coalesce(1), lakehouse, EVENTS)
+    delta.write(spark, rows(spark, [(2, "b", D1), (3, long_name, D2)]), lakehouse, EVENTS)
+    con = duckdb.connect()
+    con.register("events", delta.arrow_dataset(lakehouse, EVENTS))
+    assert con.execute(f"select count(*) from events where name = '{long_name}'").fetchone() == (2,)
+    assert con.execute("select count(*) from events where vec[1] >= 2").fetchone() == (2,)
 
 
 def test_schema_mismatch_is_refused(spark, lakehouse):

@@ -55,7 +55,8 @@ CASES = [
     (ev(ts="2024-05-01T10:00:00"), "bad_timestamp"),
     (ev(ts="yesterday"), "bad_timestamp"),
     (ev(ts="2024-13-45T10:00:00Z"), "bad_timestamp"),
-    (ev(ts="1999-12-31T23:59:59Z"), "ts_out_of_range"),
+    (ev(ts="1989-12-31T23:59:59Z"), "ts_out_of_range"),
+    (ev(ts=1714557600), "ts_out_of_range"),  # epoch seconds sent as millis: Jan 1970
     (ev(ts="2024-05-03T00:00:01Z"), "ts_out_of_range"),
     (ev(session_id=7), "wrong_type:session_id"),
 ]

@@ -1,0 +1,58 @@
+"""lakerec score: top-K recommendations for every user from the champion model.
+
+    lakerec score [--k 10] [--model-version N] [--popularity-days N]
+    spark-submit jobs/score.py  (same arguments)
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from pipelines import cli
+from pipelines.config import positive_int
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    lakehouse: str
+    k: int
+    model_version: int | None
+    popularity_days: int | None
+    log_level: str | None
+
+
+def parse(argv: list[str] | None) -> ScoreConfig:
+    p = cli.parser("score", "Top-K recommendations for every user, seen items excluded.")
+    p.add_argument("--k", help="recommendations per user (10)")
+    p.add_argument("--model-version", help="score with this lakerec-als version, not the champion")
+    p.add_argument("--popularity-days", help="window of the popularity fallback (model's window)")
+    args, s = cli.parse_args(p, argv, section="score")
+    s.check_writable(s.lakehouse, "--lakehouse")
+    return ScoreConfig(
+        s.lakehouse, s.get("k", flag=args.k, default=10, cast=positive_int),
+        s.get("model_version", flag=args.model_version, default=None, cast=positive_int),
+        s.get("popularity_days", flag=args.popularity_days, default=None, cast=positive_int),
+        args.log_level)
+
+
+def body(spark, cfg: ScoreConfig) -> int:
+    from pipelines.score import score
+
+    with cli.step(f"score top-{cfg.k}"):
+        r = score(spark, cfg.lakehouse, k=cfg.k, model_version=cfg.model_version,
+                  popularity_days=cfg.popularity_days)
+    if r.skipped:
+        print("    recommendations are already up to date with these inputs")
+    else:
+        print(f"    {r.users:,} users, {r.rows:,} rows {r.by_source} from model "
+              f"v{r.model_version} -> recommendations v{r.version}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run("score", argv, parse, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

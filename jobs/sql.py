@@ -1,0 +1,64 @@
+"""lakerec sql: run an analyst query over the lakehouse tables with DuckDB.
+
+    lakerec sql "SELECT source, count(*) FROM recommendations GROUP BY 1"
+    lakerec sql "SELECT count(*) FROM interactions VERSION AS OF 3"
+    lakerec sql --as-of interactions=3 --format csv "SELECT * FROM interactions LIMIT 10"
+
+Tables: interactions, quarantine, items, user_index, item_index, user_factors,
+item_factors, recommendations. Formats: table (default), csv, json (one object per line).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from pipelines import cli
+from pipelines.config import UsageError
+
+
+@dataclass(frozen=True)
+class SqlConfig:
+    lakehouse: str
+    query: str
+    as_of: dict
+    fmt: str
+    max_rows: int | None
+    log_level: str | None
+
+
+def parse(argv: list[str] | None) -> SqlConfig:
+    p = cli.parser("sql", "Analyst SQL (DuckDB) over the Delta tables, with time travel.")
+    p.add_argument("query", help="the SQL query; 'TABLE VERSION AS OF n' travels in time")
+    p.add_argument("--as-of", action="append", default=[], metavar="TABLE=VERSION",
+                   help="read TABLE at VERSION (repeatable)")
+    p.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    p.add_argument("--max-rows", type=int, default=None,
+                   help="print at most this many rows (table format default 1000)")
+    args, s = cli.parse_args(p, argv, section="sql")
+    as_of = {}
+    for item in args.as_of:
+        table, sep, version = item.partition("=")
+        if not sep or not version.isdigit():
+            raise UsageError(f"--as-of wants TABLE=VERSION, got {item!r}")
+        as_of[table] = int(version)
+    max_rows = args.max_rows if args.max_rows is not None else (
+        1000 if args.format == "table" else None)
+    return SqlConfig(s.lakehouse, args.query, as_of, args.format, max_rows, args.log_level)
+
+
+def body(_spark, cfg: SqlConfig) -> int:
+    from pipelines.sql import format_rows, query
+
+    cols, rows = query(cfg.lakehouse, cfg.query, as_of=cfg.as_of, limit=cfg.max_rows)
+    print(format_rows(cols, rows, cfg.fmt))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run("sql", argv, parse, body, spark=False,
+                   log_level=lambda c: c.log_level or "WARNING")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
