@@ -348,6 +348,7 @@ def stage(spark, df, root: str, spec: TableSpec, *,
     from deltalake.transaction import AddAction
 
     path = table_path(root, spec)
+    _sweep_staging(os.path.join(path, STAGING_DIR))
     write_id = uuid.uuid4().hex
     staging = os.path.join(path, STAGING_DIR, write_id)
     writer = conform(df, spec).write.mode("errorifexists").option("compression", "snappy")
@@ -389,6 +390,20 @@ def stage(spark, df, root: str, spec: TableSpec, *,
     shutil.rmtree(staging, ignore_errors=True)
     _remove_if_empty(os.path.join(path, STAGING_DIR))
     return staged
+
+
+def _sweep_staging(folder: str, max_age_s: float = 6 * 3600) -> None:
+    """Remove staging folders that killed writers left behind (older than ``max_age_s``)."""
+    if not os.path.isdir(folder):
+        return
+    cutoff = time.time() - max_age_s
+    for name in os.listdir(folder):
+        p = os.path.join(folder, name)
+        try:
+            if os.path.getmtime(p) < cutoff:
+                shutil.rmtree(p, ignore_errors=True)
+        except FileNotFoundError:
+            pass
 
 
 def _remove_if_empty(d: str) -> None:

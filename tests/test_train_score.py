@@ -1,0 +1,139 @@
+"""Training and scoring on real tables, a real MLflow store and the real kernel."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+import pytest
+from pyspark.sql import functions as F
+
+from pipelines import delta, landing, tracking
+from pipelines.generate import SyntheticSpec, catalog_lines, event_lines
+from pipelines.ingest import ingest_catalog, ingest_date
+from pipelines.score import score
+from pipelines.train import TrainParams, train
+from schemas.tables import (
+    INTERACTIONS,
+    ITEM_FACTORS,
+    ITEM_INDEX,
+    RECOMMENDATIONS,
+    USER_FACTORS,
+    USER_INDEX,
+)
+
+SPEC = SyntheticSpec(users=300, items=80, events=15_000, days=8, clusters=4, seed=3,
+                     start=dt.date(2024, 2, 1))
+PARAMS = TrainParams(rank=8, max_iter=6, window_days=8, holdout_days=2, k=5)
+
+
+@pytest.fixture(scope="module")
+def trained(spark, tmp_path_factory):
+    lh = str(tmp_path_factory.mktemp("lh"))
+    out = os.path.join(lh, "landing")
+    landing.write_landing(event_lines(spark, SPEC), catalog_lines(spark, SPEC), out, {})
+    ingest_catalog(spark, lh, source=os.path.join(out, "items"))
+    for d in landing.list_dates(os.path.join(out, "events")):
+        ingest_date(spark, lh, d, source=os.path.join(out, "events"))
+    first = train(spark, lh, PARAMS)
+    return lh, out, first
+
+
+def test_first_model_beats_popularity_and_becomes_champion(trained):
+    lh, _, first = trained
+    assert first.model_version == 1 and first.promoted
+    assert first.metrics["ndcg"] > first.baseline["ndcg"]
+    assert first.metrics["recall"] > first.baseline["recall"]
+    assert first.metrics["users"] == first.baseline["users"] > 50
+    champ = tracking.get_alias(lh)
+    assert champ.version == 1 and champ.run_id == first.run_id
+    assert champ.params["rank"] == "8" and json.loads(champ.params["weights"])["purchase"] == 8
+    assert champ.metrics["ndcg_at_5"] == pytest.approx(first.metrics["ndcg"])
+    assert champ.metrics["pop_ndcg_at_5"] == pytest.approx(first.baseline["ndcg"])
+    run = tracking.client(lh).get_run(first.run_id)
+    assert int(run.data.tags["input.interactions.version"]) == \
+        delta.latest_version(lh, INTERACTIONS)
+    assert os.path.exists(os.path.join(lh, "mlflow.db"))
+
+
+def test_factors_and_indexes_are_written(spark, trained):
+    lh, _, first = trained
+    items = delta.read(spark, lh, ITEM_FACTORS).where("model_version = 1")
+    assert items.count() == first.counts["items_with_factors"]
+    assert items.where(F.size("factors") != PARAMS.rank).count() == 0
+    users = delta.read(spark, lh, USER_FACTORS).where("model_version = 1")
+    window_users = delta.read(spark, lh, INTERACTIONS).select("user_id").distinct().count()
+    assert users.count() == window_users
+    uidx = delta.read(spark, lh, USER_INDEX)
+    assert uidx.select("user_idx").distinct().count() == uidx.count() == window_users
+    assert delta.read(spark, lh, ITEM_INDEX).agg(F.max("item_idx")).first()[0] == \
+        delta.read(spark, lh, ITEM_INDEX).count() - 1
+
+
+def test_worse_model_is_not_promoted_and_champion_is_rescored(spark, trained):
+    lh, _, first = trained
+    bad = train(spark, lh, TrainParams(**{**PARAMS.__dict__, "rank": 2, "max_iter": 1,
+                                          "reg": 50.0}))
+    assert bad.model_version == 2 and not bad.promoted
+    assert bad.champion_version == 1
+    # the champion, re-evaluated on the same split, scores what it scored when trained
+    assert bad.champion["ndcg"] == pytest.approx(first.metrics["ndcg"], rel=1e-6)
+    assert tracking.get_alias(lh).version == 1
+    # ids never move: re-indexing the same window appended nothing
+    assert delta.read(spark, lh, USER_INDEX).count() == \
+        delta.read(spark, lh, USER_INDEX, version=1).count()
+
+
+def test_backfill_training_is_not_compared_with_a_newer_champion(spark, trained):
+    lh, _, _ = trained
+    old = train(spark, lh, TrainParams(**{**PARAMS.__dict__, "window_days": 5,
+                                          "as_of": SPEC.start + dt.timedelta(days=5)}))
+    assert not old.promoted and "past this holdout" in old.reason
+    assert tracking.get_alias(lh).version == 1
+
+
+def test_score_invariants(spark, trained):
+    lh, out, _ = trained
+    # a brand-new user arrives after training: no factors, popularity fallback
+    src = os.path.join(out, "events")
+    day = landing.list_dates(src)[-1] + dt.timedelta(days=1)
+    os.makedirs(landing.partition_path(src, day))
+    with open(os.path.join(landing.partition_path(src, day), "new.jsonl"), "w") as f:
+        f.write(json.dumps({"event_id": "new-1", "user_id": "newbie", "item_id": "item-000000",
+                            "event_type": "purchase", "ts": f"{day}T08:00:00Z"}) + "\n")
+    ingest_date(spark, lh, day, source=src)
+    report = score(spark, lh, k=PARAMS.k)
+    recs = delta.read(spark, lh, RECOMMENDATIONS).persist()
+    seen = delta.read(spark, lh, INTERACTIONS).select("user_id", "item_id").distinct()
+    assert recs.join(seen, ["user_id", "item_id"]).count() == 0
+    per_user = recs.groupBy("user_id").agg(F.count("*").alias("n"),
+                                           F.countDistinct("item_id").alias("d"),
+                                           F.max("rank").alias("top"))
+    assert per_user.where(f"n != {PARAMS.k} or d != n or top != n").count() == 0
+    assert per_user.count() == seen.select("user_id").distinct().count() == report.users
+    newbie = recs.where("user_id = 'newbie'").orderBy("rank").collect()
+    assert [r.source for r in newbie] == ["popular"] * PARAMS.k
+    assert "item-000000" not in {r.item_id for r in newbie}
+    assert recs.where("source = 'als'").where("model_version != 1").count() == 0
+    # popular rows are ordered by popularity, ties by item id
+    scores = [(-r.score, r.item_id) for r in newbie]
+    assert scores == sorted(scores)
+    # same inputs: nothing to do
+    assert score(spark, lh, k=PARAMS.k).skipped
+    recs.unpersist()
+
+
+def test_exactly_k_unless_the_unseen_catalog_is_smaller(spark, trained):
+    lh, _, _ = trained
+    k = 500  # more than the catalog
+    score(spark, lh, k=k)
+    recs = delta.read(spark, lh, RECOMMENDATIONS)
+    inter = delta.read(spark, lh, INTERACTIONS)
+    catalog = inter.select("item_id").distinct()
+    unseen = (inter.select("user_id").distinct().crossJoin(catalog)
+              .join(inter.select("user_id", "item_id"), ["user_id", "item_id"], "left_anti")
+              .groupBy("user_id").count())
+    got = recs.groupBy("user_id").count().withColumnRenamed("count", "n")
+    assert unseen.join(got, "user_id").where("n != count").count() == 0
+    assert got.count() == unseen.count()
