@@ -10,10 +10,12 @@ VENV   ?= .venv
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[dev]'
-	touch $@
+	@echo "installing lakerec and its dependencies into $(VENV) (log: $(VENV)/install.log)"
+	@$(PYTHON) -m venv $(VENV)
+	@{ $(VENV)/bin/python -m pip install --upgrade pip && \
+	   $(VENV)/bin/python -m pip install -e '.[dev]'; } > $(VENV)/install.log 2>&1 || \
+	 { tail -40 $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
+	@touch $@
 
 demo: setup
 	$(VENV)/bin/lakerec demo

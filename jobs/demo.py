@@ -60,9 +60,10 @@ def body(spark, cfg: DemoConfig) -> int:
 
     from jobs.generate import GenerateConfig
     from jobs.generate import body as generate_body
+    from jobs.ingest import print_reports
     from jobs.train import format_report
     from pipelines import landing
-    from pipelines.ingest import ingest_catalog, ingest_date
+    from pipelines.ingest import ingest_catalog, ingest_dates
     from pipelines.score import score
     from pipelines.train import train
 
@@ -75,14 +76,7 @@ def body(spark, cfg: DemoConfig) -> int:
         ingest_catalog(spark, lh, source=os.path.join(out, "items"))
     dates = landing.list_dates(os.path.join(out, "events"))
     with cli.step(f"ingest {len(dates)} days of logs"):
-        quarantined = 0
-        for d in dates:
-            t = time.perf_counter()
-            r = ingest_date(spark, lh, d, source=os.path.join(out, "events"))
-            quarantined += r.quarantined
-            state = "unchanged" if r.skipped else \
-                f"{r.valid:,} valid, {r.quarantined:,} quarantined"
-            print(f"    dt={d}: {state} ({time.perf_counter() - t:.1f} s)", flush=True)
+        print_reports(ingest_dates(spark, lh, dates, source=os.path.join(out, "events")))
     with cli.step("train ALS + evaluate against popularity"):
         report = train(spark, lh, cfg.params)
     print(format_report(report, cfg.params.k))

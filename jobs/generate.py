@@ -62,7 +62,8 @@ def _date(v):
 def body(spark, cfg: GenerateConfig) -> int:
     from pipelines import generate, landing
 
-    manifest = {"generator": "lakerec.generate", **cfg.spec.as_dict()}
+    manifest = {"generator": "lakerec.generate", "version": generate.GENERATOR_VERSION,
+                **cfg.spec.as_dict()}
     if not cfg.force and landing.read_manifest(os.path.join(cfg.out, "events")) == manifest:
         print(f"already generated in {cfg.out} with these settings (use --force to redo)")
         return 0

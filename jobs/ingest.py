@@ -61,23 +61,28 @@ def parse(argv: list[str] | None) -> IngestConfig:
 
 
 def body(spark, cfg: IngestConfig) -> int:
-    from pipelines.ingest import ingest_catalog, ingest_date
+    from pipelines.ingest import ingest_catalog, ingest_dates
 
     if cfg.catalog:
         with cli.step("ingest catalog"):
             r = ingest_catalog(spark, cfg.lakehouse, source=cfg.catalog)
             print("    " + ("unchanged" if r.skipped else
                             f"{r.valid:,} items, {r.quarantined:,} quarantined"))
-    for date in cfg.dates:
-        with cli.step(f"ingest dt={date}"):
-            r = ingest_date(spark, cfg.lakehouse, date, source=cfg.source)
-            if r.skipped:
-                print("    already ingested from these files; nothing to do")
-            else:
-                why = ", ".join(f"{k} {v}" for k, v in sorted(r.reasons.items()))
-                print(f"    {r.rows:,} rows: {r.valid:,} valid, {r.quarantined:,} quarantined"
-                      + (f" ({why})" if why else ""))
+    label = f"dt={cfg.dates[0]}" if len(cfg.dates) == 1 else \
+        f"{len(cfg.dates)} dates ({cfg.dates[0]} .. {cfg.dates[-1]})"
+    with cli.step(f"ingest {label}"):
+        print_reports(ingest_dates(spark, cfg.lakehouse, list(cfg.dates), source=cfg.source))
     return 0
+
+
+def print_reports(reports) -> None:
+    for r in reports:
+        if r.skipped:
+            print(f"    dt={r.date}: already ingested from these files; nothing to do")
+        else:
+            why = ", ".join(f"{k} {v}" for k, v in sorted(r.reasons.items()))
+            print(f"    dt={r.date}: {r.rows:,} rows: {r.valid:,} valid, "
+                  f"{r.quarantined:,} quarantined" + (f" ({why})" if why else ""))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -74,6 +75,34 @@ class Txn:
         return cls(app_id, int(digest[:15], 16))  # 60 bits: a positive Delta long
 
 
+def _txns(txn: Txn | Iterable[Txn] | None) -> list[Txn]:
+    if txn is None:
+        return []
+    return [txn] if isinstance(txn, Txn) else list(txn)
+
+
+def already_committed(dt, txn: Txn | Iterable[Txn] | None) -> bool:
+    """True when every given transaction is already the table's latest for its app id."""
+    txns = _txns(txn)
+    return bool(txns) and all(dt.transaction_version(t.app_id) == t.version for t in txns)
+
+
+def _allowed(partition: Mapping[str, object] | None) -> dict[str, set]:
+    """``{"dt": d}`` or ``{"dt": [d1, d2]}`` -> ``{"dt": {"d1", "d2"}}`` (string values)."""
+    out = {}
+    for k, v in (partition or {}).items():
+        vs = v if isinstance(v, list | tuple | set | frozenset) else [v]
+        out[k] = {_partition_str(x) for x in vs}
+    return out
+
+
+def _filters(partition: Mapping[str, object] | None) -> list | None:
+    out = []
+    for k, vs in _allowed(partition).items():
+        out.append((k, "=", next(iter(vs))) if len(vs) == 1 else (k, "in", sorted(vs)))
+    return out or None
+
+
 @dataclass(frozen=True)
 class CommitResult:
     """What a write did: the new ``version`` or ``skipped`` (with why)."""
@@ -100,10 +129,8 @@ class StagedWrite:
     def discard(self) -> None:
         """Delete the staged files (used when the commit is abandoned)."""
         for a in self.adds:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(self.table_path, unquote(a.path)))
-            except FileNotFoundError:
-                pass
 
 
 # --------------------------------------------------------------------------- tables
@@ -343,7 +370,8 @@ def stage(spark, df, root: str, spec: TableSpec, *,
 
     The files are invisible to readers until :func:`commit` adds them to the log; if the job
     dies first they are orphans that ``vacuum`` removes. With ``partition`` every row must
-    belong to that partition, else nothing is staged and ``ValueError`` is raised.
+    belong to that partition (a value or a list of values per column), else nothing is
+    staged and ``ValueError`` is raised.
     """
     from deltalake.transaction import AddAction
 
@@ -356,7 +384,7 @@ def stage(spark, df, root: str, spec: TableSpec, *,
         writer = writer.partitionBy(*spec.partition_by)
     writer.parquet(staging)
 
-    want = {k: _partition_str(v) for k, v in (partition or {}).items()}
+    want = _allowed(partition)
     found = []
     for dirpath, _dirs, files in os.walk(staging):
         for name in files:
@@ -367,7 +395,7 @@ def stage(spark, df, root: str, spec: TableSpec, *,
                 p.split("=", 1) for p in rel_dir.split(os.sep))
             values = {c: (None if parts.get(c) == "__HIVE_DEFAULT_PARTITION__"
                           else unquote(parts[c])) for c in spec.partition_by}
-            if any(values.get(k) != v for k, v in want.items()):
+            if any(values.get(k) not in vs for k, vs in want.items()):
                 shutil.rmtree(staging, ignore_errors=True)
                 raise ValueError(f"{spec.name}: rows outside partition {want}: {values}")
             found.append((os.path.join(dirpath, name), rel_dir, values))
@@ -407,10 +435,8 @@ def _sweep_staging(folder: str, max_age_s: float = 6 * 3600) -> None:
 
 
 def _remove_if_empty(d: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.rmdir(d)
-    except OSError:
-        pass
 
 
 def _file_stats(file: str, spec: TableSpec) -> dict:
@@ -502,12 +528,12 @@ def _conflict(path: str, spec: TableSpec, read_version: int, latest: int, *, mod
     if mode == "append" and not removes:
         return None  # a blind append commutes with anything
     if partition:
-        want = {k: _partition_str(v) for k, v in partition.items()}
+        want = _allowed(partition)
         for a in data:
             act = a.get("add") or a.get("remove")
             pv = act.get("partitionValues") or {}
-            if all(pv.get(k) == v for k, v in want.items()):
-                return f"{who} changed partition {want} too"
+            if all(pv.get(k) in vs for k, vs in want.items()):
+                return f"{who} changed partition {dict(pv)} too"
         return None
     # A rewrite (removes + adds): unsafe if they touched the files or the partitions we rewrite.
     ours = {r.path for r in removes}
@@ -522,7 +548,7 @@ def _conflict(path: str, spec: TableSpec, read_version: int, latest: int, *, mod
 
 def commit(staged: StagedWrite, *, snapshot, mode: str = "append",
            partition: Mapping[str, object] | None = None, removes: list | None = None,
-           txn: Txn | None = None, metadata: Mapping[str, str] | None = None,
+           txn: Txn | Iterable[Txn] | None = None, metadata: Mapping[str, str] | None = None,
            conflict_scope: str = "partition", retries: int = 3) -> CommitResult:
     """Commit staged files (and ``removes``) in one transaction, based on ``snapshot``.
 
@@ -532,8 +558,8 @@ def commit(staged: StagedWrite, *, snapshot, mode: str = "append",
         ``overwrite`` with ``partition`` replaces that partition, without it the whole table.
     removes : list of RemoveAction, optional
         Files rewritten by this write (``mode="append"`` only).
-    txn : Txn, optional
-        Recorded with the commit; the write is skipped if it is already the table's latest.
+    txn : Txn or list of Txn, optional
+        Recorded with the commit; the write is skipped if they are already the table's latest.
     conflict_scope : {"partition", "table"}
         ``table`` when the data written was computed from the whole table, so that any
         concurrent data change makes it stale.
@@ -547,15 +573,16 @@ def commit(staged: StagedWrite, *, snapshot, mode: str = "append",
     removes = list(removes or [])
     meta = {"lakerec.table": spec.name, "lakerec.write_id": staged.write_id,
             **{k: str(v) for k, v in (metadata or {}).items()}}
-    filters = [(k, "=", _partition_str(v)) for k, v in (partition or {}).items()] or None
+    filters = _filters(partition)
     if mode == "append" and filters:
         raise ValueError("partition replacement needs mode='overwrite'")
     dt = snapshot
+    txns = _txns(txn)
     for attempt in range(retries + 1):
-        if txn is not None and dt.transaction_version(txn.app_id) == txn.version:
+        if already_committed(dt, txns):
             staged.discard()
             return CommitResult(spec.name, dt.version(), skipped=True,
-                                reason=f"txn {txn.app_id}@{txn.version} already committed")
+                                reason="transaction already committed")
         read_version = dt.version()
         try:
             dt.create_write_transaction(
@@ -563,8 +590,8 @@ def commit(staged: StagedWrite, *, snapshot, mode: str = "append",
                 partition_by=list(spec.partition_by) or None, partition_filters=filters,
                 commit_properties=CommitProperties(
                     custom_metadata=meta, max_commit_retries=0,
-                    app_transactions=[Transaction(app_id=txn.app_id, version=txn.version)]
-                    if txn else None),
+                    app_transactions=[Transaction(app_id=t.app_id, version=t.version)
+                                      for t in txns] or None),
             )
         except CommitFailedError:
             latest = DeltaTable(path)
@@ -593,7 +620,8 @@ def commit(staged: StagedWrite, *, snapshot, mode: str = "append",
 
 
 def write(spark, df, root: str, spec: TableSpec, *, mode: str = "append",
-          partition: Mapping[str, object] | None = None, txn: Txn | None = None,
+          partition: Mapping[str, object] | None = None,
+          txn: Txn | Iterable[Txn] | None = None,
           metadata: Mapping[str, str] | None = None, read_version: int | None = None,
           conflict_scope: str = "partition", retries: int = 3) -> CommitResult:
     """Write a DataFrame to a table in one atomic commit.
@@ -611,9 +639,9 @@ def write(spark, df, root: str, spec: TableSpec, *, mode: str = "append",
     from deltalake import DeltaTable
 
     dt = ensure_table(root, spec)
-    if txn is not None and dt.transaction_version(txn.app_id) == txn.version:
+    if already_committed(dt, txn):
         return CommitResult(spec.name, dt.version(), skipped=True,
-                            reason=f"txn {txn.app_id}@{txn.version} already committed")
+                            reason="transaction already committed")
     if read_version is not None and read_version != dt.version():
         dt = DeltaTable(table_path(root, spec), version=read_version)
     staged = stage(spark, df, root, spec, partition=partition)
@@ -643,9 +671,9 @@ def replace_rows(spark, source, root: str, spec: TableSpec, *, on: Iterable[str]
 
     on = list(on)
     dt = ensure_table(root, spec)
-    if txn is not None and dt.transaction_version(txn.app_id) == txn.version:
+    if already_committed(dt, txn):
         return CommitResult(spec.name, dt.version(), skipped=True,
-                            reason=f"txn {txn.app_id}@{txn.version} already committed")
+                            reason="transaction already committed")
     path = table_path(root, spec)
     src = conform(source, spec).persist()
     target = changed = None

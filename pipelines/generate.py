@@ -33,6 +33,8 @@ from pyspark.sql import functions as F
 
 from pipelines.vocab import FILLER_WORDS, STYLE_WORDS, TOPICS
 
+# Bump when the generated data changes for the same settings (landing folders are then redone).
+GENERATOR_VERSION = 2
 DIRTY_KINDS = ("malformed_json", "missing_user", "unknown_type", "bad_timestamp", "duplicate",
                "wrong_type", "rating_out_of_range")
 
@@ -115,13 +117,13 @@ def catalog(spark, spec: SyntheticSpec) -> DataFrame:
     topics = F.array(*[F.lit(t) for t in _topic_names(C)])
     style = F.array(*[F.lit(w) for w in STYLE_WORDS])
     filler = F.array(*[F.lit(w) for w in FILLER_WORDS])
-    title = F.concat_ws(
-        " ",
-        F.initcap(_pick(style, _u(s, "t0", idx))),
-        F.initcap(_pick(vocab, _u(s, "t1", idx))),
-        F.initcap(_pick(vocab, _u(s, "t2", idx))),
-        F.initcap(_pick(vocab, _u(s, "t3", idx))),
-    )
+    # three distinct topic words: the vocabulary sorted by a per-item hash of each word
+    shuffled = F.transform(
+        F.array_sort(F.transform(vocab, lambda w: F.struct(
+            F.xxhash64(F.lit(s), F.lit("tw"), idx, w).alias("h"), w.alias("w")))),
+        lambda x: x["w"])
+    title = F.concat_ws(" ", F.initcap(_pick(style, _u(s, "t0", idx))),
+                        F.initcap(F.array_join(F.slice(shuffled, 1, 3), " ")))
     words = F.transform(
         F.sequence(F.lit(1), F.lit(14)),
         lambda j: F.when(_u(s, "dw", idx, j) < 0.7, _pick(vocab, _u(s, "dv", idx, j)))
@@ -148,7 +150,7 @@ def catalog(spark, spec: SyntheticSpec) -> DataFrame:
 
 def events(spark, spec: SyntheticSpec) -> DataFrame:
     """Clean synthetic events, typed: the SPEC section 3 fields plus ``dt`` (arrival date)."""
-    s, C, I = spec.seed, spec.clusters, spec.items
+    s, C, n_items = spec.seed, spec.clusters, spec.items
     # session length is 1 + floor(Exp(mean - 1)); E[floor(X)] = 1 / (e^(1/theta) - 1)
     mean_len = 1 + (1 / math.expm1(1 / (spec.session_mean - 1)) if spec.session_mean > 1 else 0)
     n_sessions = max(1, round(spec.events / mean_len))
@@ -180,7 +182,7 @@ def events(spark, spec: SyntheticSpec) -> DataFrame:
     df = df.withColumn("cluster", F.when(_u(s, "stay", sid, slot) < 0.9, F.col("scluster"))
                        .otherwise(F.floor(_u(s, "xc", sid, slot) * C)).cast("long"))
     cluster = F.col("cluster")
-    m = F.floor((I - 1 - cluster) / C) + 1  # items in this cluster
+    m = F.floor((n_items - 1 - cluster) / C) + 1  # items in this cluster
     a = spec.item_skew
     # inverse CDF of p(r) ~ r^-a on [1, m + 1)
     r = F.floor(F.pow(1 + _u(s, "rank", sid, slot) * (F.pow(m + 1, 1 - a) - 1), 1 / (1 - a)))

@@ -49,9 +49,8 @@ def test_create_append_and_read_back(spark, lakehouse):
 
 def test_stats_are_exact_for_the_columns_they_cover(spark, lakehouse):
     delta.write(spark, rows(spark, [(3, "x", D1), (7, None, D1)]).coalesce(1), lakehouse, EVENTS)
-    (add,) = [json.loads(line)["add"] for line in
-              open(os.path.join(lakehouse, "events/_delta_log/00000000000000000001.json"))
-              if '"add"' in line]
+    with open(os.path.join(lakehouse, "events/_delta_log/00000000000000000001.json")) as f:
+        (add,) = [json.loads(line)["add"] for line in f if '"add"' in line]
     stats = json.loads(add["stats"])
     assert stats["numRecords"] == 2
     assert stats["minValues"]["id"] == 3 and stats["maxValues"]["id"] == 7

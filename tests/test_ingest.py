@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,7 +15,7 @@ from pyspark.sql import functions as F
 from pipelines import delta, landing
 from pipelines.config import UsageError
 from pipelines.generate import SyntheticSpec, catalog_lines, event_lines
-from pipelines.ingest import ingest_catalog, ingest_date
+from pipelines.ingest import ingest_catalog, ingest_date, ingest_dates
 from schemas.tables import INTERACTIONS, ITEMS, QUARANTINE
 
 SPEC = SyntheticSpec(users=200, items=50, events=4_000, days=3, clusters=4, seed=5,
@@ -88,6 +89,21 @@ def test_rerun_commits_nothing(spark, dirty_and_clean):
                       for t in (INTERACTIONS, QUARANTINE)}
 
 
+def test_one_pass_over_many_dates_equals_date_by_date(spark, dirty_and_clean, tmp_path):
+    lh_dirty, _, out, _ = dirty_and_clean
+    other = str(tmp_path / "lh")
+    shutil.copytree(out, os.path.join(other, "landing"))
+    src = os.path.join(other, "landing", "events")
+    reports = ingest_dates(spark, other, landing.list_dates(src), source=src)
+    assert len({r.versions["interactions"] for r in reports}) == 1  # one commit
+    cols = ["event_id", "user_id", "item_id", "event_type", "value", "ts", "ingest_id", "dt"]
+    for spec, c in ((INTERACTIONS, cols), (QUARANTINE, ["raw", "reason", "ingest_id", "dt"])):
+        assert sorted(table(spark, other, spec).select(*c).collect()) == \
+            sorted(table(spark, lh_dirty, spec).select(*c).collect())
+    assert all(r.skipped for r in ingest_dates(spark, other, landing.list_dates(src),
+                                                source=src))
+
+
 def test_changed_input_replaces_the_partition_with_the_same_content(spark, lakehouse):
     out = land(spark, DIRTY, lakehouse)
     ingest_all(spark, lakehouse, out)
@@ -125,6 +141,10 @@ def test_duplicates_against_the_table_and_blank_lines(spark, lakehouse):
     assert (r1.valid, r1.quarantined) == (2, 0)  # blank lines are not records
     assert (r2.valid, r2.quarantined) == (1, 1)
     assert r2.reasons == {"duplicate_already_ingested": 1}
+    # in one pass over both days, the later copy is labelled the same way
+    other = os.path.join(lakehouse, "other")
+    both = ingest_dates(spark, other, [dt.date(2024, 5, 1), dt.date(2024, 5, 2)], source=src)
+    assert [r.reasons for r in both] == [{}, {"duplicate_already_ingested": 1}]
     # re-running day 1 still keeps e2 there: a date never dedups against itself
     os.utime(os.path.join(src, "dt=2024-05-01", "a.jsonl"), (5, 5))
     ingest_date(spark, lakehouse, dt.date(2024, 5, 1), source=src)
