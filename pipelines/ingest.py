@@ -174,7 +174,8 @@ def _ingest(spark, lakehouse: str, pending: list[_Input], now: _dt.datetime
     interactions = quarantine = None
     try:
         interactions, quarantine = events_to_tables(checked, existing, at=now)
-        quarantine = quarantine.persist()
+        # one file per day for the (small) quarantine rather than one per task and day
+        quarantine = quarantine.repartition("dt").persist()
         interactions = interactions.persist()
         meta = {"lakerec.ingest_ids": ",".join(p.ingest_id for p in pending),
                 "lakerec.files": sum(len(p.files) for p in pending)}
