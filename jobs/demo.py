@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 
 from pipelines import cli
-from pipelines.config import fraction, positive_int
 from pipelines.generate import SyntheticSpec
 from pipelines.train import TrainParams
 
@@ -30,27 +29,17 @@ class DemoConfig:
 
 
 def parse(argv: list[str] | None) -> DemoConfig:
+    from jobs.generate import add_spec_options, spec_from
+    from jobs.train import add_train_options, params_from
+
     p = cli.parser("demo", "Generate, ingest, train, score and summarise, end to end.")
-    for flag in ("users", "items", "events", "days", "dirty-fraction", "rank", "k", "seed",
-                 "max-iter"):
-        p.add_argument(f"--{flag}")
+    add_spec_options(p)
+    add_train_options(p, ("rank", "k", "max-iter"))
     args, s = cli.parse_args(p, argv, section="demo")
-    d, t = SyntheticSpec(), TrainParams()
-    spec = SyntheticSpec(
-        users=s.get("users", flag=args.users, default=d.users, cast=positive_int),
-        items=s.get("items", flag=args.items, default=d.items, cast=positive_int),
-        events=s.get("events", flag=args.events, default=d.events, cast=positive_int),
-        days=s.get("days", flag=args.days, default=d.days, cast=positive_int),
-        seed=s.get("seed", flag=args.seed, default=d.seed, cast=int),
-        dirty_fraction=s.get("dirty_fraction", flag=args.dirty_fraction, default=0.002,
-                             cast=fraction),
-    )
-    params = TrainParams(
-        rank=s.get("rank", flag=args.rank, default=t.rank, cast=positive_int),
-        max_iter=s.get("max_iter", flag=args.max_iter, default=t.max_iter, cast=positive_int),
-        k=s.get("k", flag=args.k, default=t.k, cast=positive_int),
-        window_days=spec.days, holdout_days=min(t.holdout_days, max(1, spec.days // 5)),
-    )
+    spec = spec_from(args, s, dirty_default=0.002)
+    params = params_from(args, s, window_days=spec.days,
+                         holdout_days=min(TrainParams().holdout_days, max(1, spec.days // 5)),
+                         seed=spec.seed)
     s.check_writable(s.lakehouse, "--lakehouse")
     return DemoConfig(s.lakehouse, spec, params, args.log_level or "WARNING")
 

@@ -24,33 +24,42 @@ class GenerateConfig:
     log_level: str | None
 
 
-def parse(argv: list[str] | None) -> GenerateConfig:
-    p = cli.parser("generate", "Seeded synthetic logs (dt=YYYY-MM-DD/*.jsonl) and catalog.")
-    for name, help_ in [("users", "distinct users (20000)"), ("items", "catalog size (5000)"),
-                        ("events", "about this many events (1000000)"),
-                        ("days", "days of logs (30)"), ("clusters", "taste clusters (20)"),
-                        ("seed", "random seed (42)")]:
-        p.add_argument(f"--{name}", help=help_)
-    p.add_argument("--start", help="first day, YYYY-MM-DD (2024-06-01)")
-    p.add_argument("--dirty-fraction", help="share of events corrupted into bad rows (0)")
-    p.add_argument("--out", help="landing folder (default <lakehouse>/landing)")
-    p.add_argument("--force", action="store_true", help="regenerate even if already present")
-    args, s = cli.parse_args(p, argv, section="generate")
+SPEC_FLAGS = {"users": "distinct users (20000)", "items": "catalog size (5000)",
+              "events": "about this many events (1000000)", "days": "days of logs (30)",
+              "clusters": "taste clusters (20)", "seed": "random seed (42)",
+              "start": "first day, YYYY-MM-DD (2024-06-01)",
+              "dirty-fraction": "share of events corrupted into bad rows (0)"}
+
+
+def add_spec_options(p) -> None:
+    for flag, help_ in SPEC_FLAGS.items():
+        p.add_argument(f"--{flag}", help=help_)
+
+
+def spec_from(args, s, *, dirty_default: float = 0.0) -> SyntheticSpec:
+    """The data set's shape from flags > env > lakerec.toml > defaults."""
     d = SyntheticSpec()
+    ints = {n: s.get(n, flag=getattr(args, n), default=getattr(d, n), cast=positive_int)
+            for n in ("users", "items", "events", "days", "clusters")}
     try:
-        spec = SyntheticSpec(
-            users=s.get("users", flag=args.users, default=d.users, cast=positive_int),
-            items=s.get("items", flag=args.items, default=d.items, cast=positive_int),
-            events=s.get("events", flag=args.events, default=d.events, cast=positive_int),
-            days=s.get("days", flag=args.days, default=d.days, cast=positive_int),
-            clusters=s.get("clusters", flag=args.clusters, default=d.clusters, cast=positive_int),
+        return SyntheticSpec(
+            **ints,
             start=s.get("start", flag=args.start, default=d.start, cast=_date),
             seed=s.get("seed", flag=args.seed, default=d.seed, cast=int),
             dirty_fraction=s.get("dirty_fraction", flag=args.dirty_fraction,
-                                 default=d.dirty_fraction, cast=fraction),
+                                 default=dirty_default, cast=fraction),
         )
     except ValueError as e:
         raise cli.UsageError(str(e)) from None
+
+
+def parse(argv: list[str] | None) -> GenerateConfig:
+    p = cli.parser("generate", "Seeded synthetic logs (dt=YYYY-MM-DD/*.jsonl) and catalog.")
+    add_spec_options(p)
+    p.add_argument("--out", help="landing folder (default <lakehouse>/landing)")
+    p.add_argument("--force", action="store_true", help="regenerate even if already present")
+    args, s = cli.parse_args(p, argv, section="generate")
+    spec = spec_from(args, s)
     out = s.check_writable(s.get("out", flag=args.out, default=s.path("landing")), "--out")
     return GenerateConfig(out=out, spec=spec, force=args.force, log_level=args.log_level)
 

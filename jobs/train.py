@@ -46,30 +46,40 @@ def _nonneg(v) -> float:
     return f
 
 
-def parse(argv: list[str] | None) -> TrainConfig:
-    p = cli.parser("train", "Train implicit ALS, evaluate on a temporal holdout, register.")
-    for flag in ("as-of", "window-days", "holdout-days", "rank", "alpha", "reg", "max-iter",
-                 "seed", "k", "weights"):
+TRAIN_FLAGS = ("as-of", "window-days", "holdout-days", "rank", "alpha", "reg", "max-iter",
+               "seed", "k", "weights")
+
+
+def add_train_options(p, flags=TRAIN_FLAGS) -> None:
+    for flag in flags:
         p.add_argument(f"--{flag}")
-    args, s = cli.parse_args(p, argv, section="train")
-    d = TrainParams()
+
+
+def params_from(args, s, **defaults) -> TrainParams:
+    """Training settings from flags > env > lakerec.toml > ``defaults`` > TrainParams()."""
+    d = TrainParams(**defaults)
+
+    def get(name, cast):
+        return s.get(name, flag=getattr(args, name, None), default=getattr(d, name), cast=cast)
+
     params = TrainParams(
-        rank=s.get("rank", flag=args.rank, default=d.rank, cast=positive_int),
-        alpha=s.get("alpha", flag=args.alpha, default=d.alpha, cast=_nonneg),
-        reg=s.get("reg", flag=args.reg, default=d.reg, cast=_nonneg),
-        max_iter=s.get("max_iter", flag=args.max_iter, default=d.max_iter, cast=positive_int),
-        seed=s.get("seed", flag=args.seed, default=d.seed, cast=int),
-        window_days=s.get("window_days", flag=args.window_days, default=d.window_days,
-                          cast=positive_int),
-        holdout_days=s.get("holdout_days", flag=args.holdout_days, default=d.holdout_days,
-                           cast=positive_int),
-        k=s.get("k", flag=args.k, default=d.k, cast=positive_int),
-        as_of=s.get("as_of", flag=args.as_of, default=None,
-                    cast=lambda v: v if not isinstance(v, str) else parse_date(v)),
-        weights=s.get("weights", flag=args.weights, default=d.weights, cast=parse_weights),
+        rank=get("rank", positive_int), alpha=get("alpha", _nonneg), reg=get("reg", _nonneg),
+        max_iter=get("max_iter", positive_int), seed=get("seed", int),
+        window_days=get("window_days", positive_int),
+        holdout_days=get("holdout_days", positive_int), k=get("k", positive_int),
+        as_of=get("as_of", lambda v: v if not isinstance(v, str) else parse_date(v)),
+        weights=get("weights", parse_weights),
     )
     if params.holdout_days >= params.window_days:
         raise UsageError("--holdout-days must be smaller than --window-days")
+    return params
+
+
+def parse(argv: list[str] | None) -> TrainConfig:
+    p = cli.parser("train", "Train implicit ALS, evaluate on a temporal holdout, register.")
+    add_train_options(p)
+    args, s = cli.parse_args(p, argv, section="train")
+    params = params_from(args, s)
     s.check_writable(s.lakehouse, "--lakehouse")
     return TrainConfig(s.lakehouse, params, args.log_level)
 

@@ -93,6 +93,31 @@ def _string_rules(fields: dict[str, Column], name: str, *, required: bool, max_l
     return rules
 
 
+def _parse(lines: DataFrame, raw_col: str, names: tuple[str, ...]
+           ) -> tuple[DataFrame, dict[str, Column], list[tuple[Column, str]]]:
+    """Parse each payload once into a VARIANT and pull out ``names``.
+
+    Returns the frame (with ``raw_size`` and one ``_f_<name>`` column per field), the field
+    columns, and the payload-level rules every record is checked against first.
+    """
+    raw = F.col(raw_col)
+    text, size = _payload(raw)
+    utf8 = F.is_valid_utf8(text)
+    limit = EVENT_RULES.max_payload_bytes
+    df = lines.withColumn("_v", F.when((size <= limit) & utf8, F.try_parse_json(text))) \
+        .withColumn("raw_size", size.cast("long"))
+    for n in names:  # one column each, so later rules reuse them instead of re-extracting
+        df = df.withColumn(f"_f_{n}", F.variant_get(F.col("_v"), f"$.{n}", "variant"))
+    rules = [
+        (raw.isNull() | (size == 0), "empty_payload"),
+        (size > limit, "oversized"),
+        (~utf8, "invalid_utf8"),
+        (F.col("_v").isNull(), "malformed_json"),
+        (~_vtype(F.col("_v")).startswith("OBJECT"), "not_an_object"),
+    ]
+    return df, {n: F.col(f"_f_{n}") for n in names}, rules
+
+
 def check_events(lines: DataFrame, *, max_ts: Column, raw_col: str = "raw") -> DataFrame:
     """Parse and check every payload; add ``reason`` (NULL = valid) and the typed event columns.
 
@@ -110,28 +135,11 @@ def check_events(lines: DataFrame, *, max_ts: Column, raw_col: str = "raw") -> D
         and ``reason``.
     """
     r = EVENT_RULES
-    raw = F.col(raw_col)
-    text, size = _payload(raw)
-    utf8 = F.is_valid_utf8(text)
-    v = F.when((size <= r.max_payload_bytes) & utf8, F.try_parse_json(text))
-    df = lines.withColumn("_v", v).withColumn("raw_size", size.cast("long"))
-    names = ("event_id", "user_id", "item_id", "event_type", "value", "ts", "session_id", "source")
-    fields = {n: F.variant_get(F.col("_v"), f"$.{n}", "variant") for n in names}
-    for n, expr in fields.items():
-        df = df.withColumn(f"_f_{n}", expr)
-    fields = {n: F.col(f"_f_{n}") for n in names}
-
+    df, fields, rules = _parse(lines, raw_col, EVENT_COLUMNS)
     event_type = _as_string(fields["event_type"])
     value = _as_double(fields["value"])
     ts = parse_ts(fields["ts"])
     is_rating = event_type == "rating"
-    rules: list[tuple[Column, str]] = [
-        (raw.isNull() | (size == 0), "empty_payload"),
-        (size > r.max_payload_bytes, "oversized"),
-        (~utf8, "invalid_utf8"),
-        (F.col("_v").isNull(), "malformed_json"),
-        (~_vtype(F.col("_v")).startswith("OBJECT"), "not_an_object"),
-    ]
     for n in ("event_id", "user_id", "item_id"):
         rules += _string_rules(fields, n, required=True, max_len=r.id_max_len[n])
     rules += _string_rules(fields, "event_type", required=True, max_len=64)
@@ -168,23 +176,9 @@ def check_catalog(lines: DataFrame, *, raw_col: str = "raw") -> DataFrame:
     from schemas import catalog_json_schema
 
     props = catalog_json_schema()["properties"]
-    raw = F.col(raw_col)
-    text, size = _payload(raw)
-    utf8 = F.is_valid_utf8(text)
-    v = F.when((size <= EVENT_RULES.max_payload_bytes) & utf8, F.try_parse_json(text))
-    names = ("item_id", "title", "description", "category", "created_at")
-    df = lines.withColumn("_v", v).withColumn("raw_size", size.cast("long"))
-    for n in names:
-        df = df.withColumn(f"_f_{n}", F.variant_get(F.col("_v"), f"$.{n}", "variant"))
-    fields = {n: F.col(f"_f_{n}") for n in names}
+    df, fields, rules = _parse(lines, raw_col, ("item_id", "title", "description", "category",
+                                                "created_at"))
     created = parse_ts(fields["created_at"])
-    rules: list[tuple[Column, str]] = [
-        (raw.isNull() | (size == 0), "empty_payload"),
-        (size > EVENT_RULES.max_payload_bytes, "oversized"),
-        (~utf8, "invalid_utf8"),
-        (F.col("_v").isNull(), "malformed_json"),
-        (~_vtype(F.col("_v")).startswith("OBJECT"), "not_an_object"),
-    ]
     rules += _string_rules(fields, "item_id", required=True, max_len=props["item_id"]["maxLength"])
     rules += _string_rules(fields, "title", required=True, max_len=props["title"]["maxLength"])
     for n in ("description", "category"):
