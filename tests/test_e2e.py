@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -62,22 +61,35 @@ def content(lh, table, drop):
     return sorted(query(lh, f"SELECT {cols} FROM {table}")[1], key=repr)
 
 
-def kill_at_random(cmd, delays, rng):
-    """Start ``cmd`` and SIGKILL its whole process group after each delay; count kills."""
-    kills = 0
-    for delay in delays:
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env=job_env(), cwd=ROOT, start_new_session=True)
-        time.sleep(delay * (0.5 + rng.random()))
-        if p.poll() is None:
+def kill_when(cmd, condition, timeout=300) -> bool:
+    """Run ``cmd``; SIGKILL its whole process group as soon as ``condition()`` holds.
+
+    Returns whether the kill happened before the job finished on its own.
+    """
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=job_env(), cwd=ROOT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while p.poll() is None and time.monotonic() < deadline:
+        if condition():
             os.killpg(p.pid, signal.SIGKILL)
-            kills += 1
-        p.wait()
-    return kills
+            p.wait()
+            return True
+        time.sleep(0.01)
+    p.wait()
+    return False
+
+
+def writing(lh, table):
+    """Spark is writing the table's Parquet files (not yet committed)."""
+    staging = os.path.join(lh, table, "_staging")
+    return lambda: os.path.isdir(staging) and bool(os.listdir(staging))
+
+
+def committed(lh, table, version=1):
+    return os.path.exists(os.path.join(lh, table, "_delta_log", f"{version:020d}.json"))
 
 
 def test_killed_jobs_converge_on_rerun(tmp_path):
-    rng = random.Random(20261122)
     ref, crash = str(tmp_path / "ref"), str(tmp_path / "crash")
     lakerec = str(VENV_BIN / "lakerec")
     run([lakerec, "generate", "--lakehouse", ref, *SMALL])
@@ -85,10 +97,18 @@ def test_killed_jobs_converge_on_rerun(tmp_path):
     shutil.copytree(os.path.join(ref, "landing"), os.path.join(crash, "landing"))
     run([lakerec, "ingest", "--lakehouse", ref, "--all"])
 
-    kills = kill_at_random([lakerec, "ingest", "--lakehouse", crash, "--all"],
-                           [12, 20, 28], rng)
-    assert kills >= 2
-    run([lakerec, "ingest", "--lakehouse", crash, "--all"])
+    ingest = [lakerec, "ingest", "--lakehouse", crash, "--all", "--no-catalog"]
+    # 1. while Spark writes the quarantine files; 2. between the quarantine and the
+    # interactions commits; 3. while Spark writes the interactions files (the re-run
+    # already finds its quarantine commit and goes straight there)
+    assert kill_when(ingest, writing(crash, "quarantine"))
+    assert not committed(crash, "quarantine")
+    assert kill_when(ingest, lambda: committed(crash, "quarantine"))
+    assert not committed(crash, "interactions")
+    assert kill_when(ingest, writing(crash, "interactions"))
+    assert not committed(crash, "interactions")
+    run(ingest)
+    run([lakerec, "ingest", "--lakehouse", crash, "--all"])  # the catalog too
     assert content(crash, "interactions", {"ingested_at"}) == \
         content(ref, "interactions", {"ingested_at"})
     assert content(crash, "quarantine", {"quarantined_at"}) == \
@@ -97,9 +117,12 @@ def test_killed_jobs_converge_on_rerun(tmp_path):
     run([lakerec, "train", "--lakehouse", ref, *TRAIN])
     run([lakerec, "score", "--lakehouse", ref, "--k", "5"])
     first = content(ref, "recommendations", {"generated_at"})
-    # kill scoring mid-way, then let it finish: same rows as before
-    run([lakerec, "sql", "--lakehouse", ref, "SELECT 1"])
-    shutil.rmtree(os.path.join(ref, "recommendations"))
-    kill_at_random([lakerec, "score", "--lakehouse", ref, "--k", "5"], [20], rng)
+    version = delta.latest_version(ref, RECOMMENDATIONS)
+    # a new input version forces a new scoring; kill it mid-write, then let it finish
+    run([lakerec, "score", "--lakehouse", ref, "--k", "5", "--popularity-days", "7"])
+    assert kill_when([lakerec, "score", "--lakehouse", ref, "--k", "5"],
+                     writing(ref, "recommendations"))
+    assert delta.latest_version(ref, RECOMMENDATIONS) == version + 1
     run([lakerec, "score", "--lakehouse", ref, "--k", "5"])
+    assert delta.latest_version(ref, RECOMMENDATIONS) == version + 2
     assert content(ref, "recommendations", {"generated_at"}) == first
