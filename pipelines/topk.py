@@ -1,29 +1,36 @@
-"""Exact top-K by dot product with each user's seen items excluded, block by block.
+"""Exact top-K by dot product, each user's seen items excluded inside the kernel.
 
-Users are processed in blocks of ``block`` rows and items in tiles of ``tile`` columns, so
-memory is ``O(block x tile)`` whatever the catalog size: the users x items score matrix is
-never materialised, and no cross join is ever planned. Within a tile, seen items are set to
-``-inf`` before selection (no over-fetching of ``k + |seen|``), and a running top-K is
-merged tile by tile.
+Users are processed in blocks of ``block`` rows and items in tiles of ``tile`` columns:
+a float32 GEMM gives the block x tile scores, the user's seen items in the tile are set to
+``-inf``, and a compiled streaming selection (:mod:`pipelines._topk_numba`) merges the tile
+into each user's running top-K. Memory is ``O(block x tile)`` whatever the catalog size: the
+users x items score matrix is never materialised, no cross join is planned, and nothing is
+over-fetched to make room for seen items.
 
-Order is deterministic: score descending, then ``key`` ascending (the item id's position in
-sorted order), ties at the K-th place included.
+Order is deterministic: score descending, then item id ascending (``key`` is each item's
+position in the sorted ids), ties at the K-th place included. :func:`brute_force` is the
+reference the tests hold the kernels to; :func:`topk_block_torch` is the GPU variant, chosen
+by :func:`recommend` when the Spark task was granted a GPU.
 
 Example
 -------
->>> idx, val, n = topk_block(U, V, seen=[np.array([3, 7])] * len(U), k=10, key=key)  # doctest: +SKIP
+>>> idx, score, count = topk_block(U, V, seen=[np.array([3, 7])] * len(U), k=10, key=key)
+... # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
 import numpy as np
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
+log = logging.getLogger(__name__)
 OUTPUT_SCHEMA = "user_id string, rank int, item_id string, score float"
+_NO_KEY = np.iinfo(np.int64).max
 
 
-def order_key(item_ids: np.ndarray | list[str]) -> np.ndarray:
+def order_key(item_ids) -> np.ndarray:
     """Tie-break key: each item's position in the sorted list of ids."""
     ids = np.asarray(item_ids, dtype=object)
     key = np.empty(len(ids), dtype=np.int64)
@@ -31,81 +38,159 @@ def order_key(item_ids: np.ndarray | list[str]) -> np.ndarray:
     return key
 
 
-def _select(scores: np.ndarray, ids: np.ndarray, k: int, key: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the ``k`` best ``(score desc, key asc)`` of ``scores``/``ids``, ordered."""
-    b, m = scores.shape
-    if m > k:
-        cut = m - k
-        part = np.argpartition(scores, cut, axis=1)[:, cut:]
-        top = np.take_along_axis(scores, part, 1)
-        top_ids = np.take_along_axis(ids, part, 1)
-        kth = top.min(axis=1)
-        # argpartition picks ties at the boundary arbitrarily; redo those rows exactly
-        n_eq = (scores == kth[:, None]).sum(1)
-        n_eq_top = (top == kth[:, None]).sum(1)
-        for row in np.nonzero((n_eq > n_eq_top) & np.isfinite(kth))[0]:
-            s, i = scores[row], ids[row]
-            above = np.nonzero(s > kth[row])[0]
-            ties = np.nonzero(s == kth[row])[0]
-            ties = ties[np.argsort(key[i[ties]], kind="stable")][: k - above.size]
-            cols = np.concatenate([above, ties])
-            top[row], top_ids[row] = s[cols], i[cols]
-    else:
-        top, top_ids = scores, ids
-    tie = np.where(top_ids >= 0, key[np.maximum(top_ids, 0)], np.iinfo(np.int64).max)
-    order = np.lexsort((tie, -top), axis=1)
-    return np.take_along_axis(top, order, 1), np.take_along_axis(top_ids, order, 1)
+def _csr(seen) -> tuple[np.ndarray, np.ndarray]:
+    """A list of index arrays -> (indptr, indices); a (indptr, indices) pair passes through."""
+    if isinstance(seen, tuple):
+        return seen
+    lens = np.fromiter((len(s) for s in seen), dtype=np.int64, count=len(seen))
+    indptr = np.zeros(len(seen) + 1, dtype=np.int64)
+    np.cumsum(lens, out=indptr[1:])
+    indices = np.concatenate(seen).astype(np.int64) if indptr[-1] else np.zeros(0, np.int64)
+    return indptr, indices
 
 
-def topk_block(users: np.ndarray, items: np.ndarray, seen: list[np.ndarray], k: int,
-               key: np.ndarray, *, tile: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-``k`` items for a block of users.
+@dataclass(frozen=True)
+class ItemIndex:
+    """Item factors prepared once for :func:`topk_block`: rows sorted by norm, descending.
+
+    Scanning items from the largest norm down lets a user stop early: by Cauchy-Schwarz no
+    item ``j`` can score above ``|u| |v_j|``, so once that bound falls below the user's
+    current K-th score, no later item can enter the top K. On learned ALS factors, whose
+    norms are heavy-tailed (popular items are long vectors), a user typically stops after a
+    small fraction of the catalog; the result is still exact.
+    """
+
+    factors: np.ndarray  # (N, r) float32, sorted by norm descending
+    norms: np.ndarray  # (N,) float64, descending
+    key: np.ndarray  # tie-break key, in sorted order
+    order: np.ndarray  # sorted position -> original row
+    position: np.ndarray  # original row -> sorted position
+
+
+def index_items(items: np.ndarray, key: np.ndarray) -> ItemIndex:
+    items = np.asarray(items, dtype=np.float32)
+    norms = np.linalg.norm(items.astype(np.float64), axis=1)
+    order = np.lexsort((np.asarray(key), -norms))  # by norm desc, then key: deterministic
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    return ItemIndex(np.ascontiguousarray(items[order]), norms[order],
+                     np.ascontiguousarray(np.asarray(key, dtype=np.int64)[order]), order,
+                     position)
+
+
+# Relative slack on the Cauchy-Schwarz bound: a float32 dot product of rank r can exceed the
+# exact product of norms by about r * 2^-24 relatively; 1e-4 covers ranks into the thousands.
+_BOUND_SLACK = 1e-4
+
+
+def topk_block(users: np.ndarray, items, seen, k: int, key: np.ndarray | None = None, *,
+               tile: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``k`` items of a block of users, on the CPU.
 
     Parameters
     ----------
     users : (B, r) float32
-    items : (N, r) float32
-    seen : list of B int arrays
+    items : (N, r) float32 array, or an :class:`ItemIndex` built from it
+    seen : list of B int arrays, or CSR ``(indptr, indices)``
         Row numbers (into ``items``) each user must not get.
     k : int
     key : (N,) int64
-        Tie-break order (:func:`order_key`).
+        Tie-break order (:func:`order_key`); not needed with an :class:`ItemIndex`.
 
     Returns
     -------
-    idx : (B, k) int64 item rows (-1 where fewer than ``k`` unseen items exist)
-    score : (B, k) float32
+    idx : (B, k) int64 item rows, best first (-1 where fewer than ``k`` unseen items exist)
+    score : (B, k) float32 (-inf where idx is -1)
     count : (B,) number of valid entries per row
     """
-    b = users.shape[0]
-    n = items.shape[0]
-    lens = np.fromiter((len(s) for s in seen), dtype=np.int64, count=b)
-    seen_rows = np.repeat(np.arange(b), lens)
-    seen_cols = np.concatenate(seen).astype(np.int64) if lens.sum() else np.zeros(0, np.int64)
-    best = np.full((b, 0), -np.inf, dtype=np.float32)
-    best_ids = np.full((b, 0), -1, dtype=np.int64)
+    from pipelines._topk_numba import select_into
+
+    index = items if isinstance(items, ItemIndex) else index_items(items, key)
+    v = index.factors
+    users = np.ascontiguousarray(users, dtype=np.float32)
+    b, n = users.shape[0], v.shape[0]
+    indptr, indices = _csr(seen)
+    rows = np.repeat(np.arange(b), np.diff(indptr))
+    cols = index.position[indices] if indices.size else indices  # in sorted order
+    u_norm = np.linalg.norm(users.astype(np.float64), axis=1) * (1 + _BOUND_SLACK)
+    best_s = np.full((b, k), -np.inf, dtype=np.float32)
+    best_i = np.full((b, k), -1, dtype=np.int64)
+    best_k = np.full((b, k), _NO_KEY, dtype=np.int64)
+    active = np.arange(b)
     for t0 in range(0, n, tile):
+        # users whose K-th score no item from here on can beat are finished
+        bound = u_norm[active] * index.norms[t0] + 1e-30
+        active = active[~(best_s[active, k - 1] > bound)]
+        if active.size == 0:
+            break
         t1 = min(n, t0 + tile)
-        s = users @ items[t0:t1].T  # float32 GEMM: (B, r) x (r, T)
-        m = (seen_cols >= t0) & (seen_cols < t1)
-        s[seen_rows[m], seen_cols[m] - t0] = -np.inf
-        ids = np.broadcast_to(np.arange(t0, t1, dtype=np.int64), s.shape)
-        cand = np.concatenate([best, s], axis=1)
-        cand_ids = np.concatenate([best_ids, ids], axis=1)
-        best, best_ids = _select(cand, cand_ids, k, key)
-    if best.shape[1] < k:  # fewer items than k in the whole catalog
-        pad = k - best.shape[1]
-        best = np.pad(best, ((0, 0), (0, pad)), constant_values=-np.inf)
-        best_ids = np.pad(best_ids, ((0, 0), (0, pad)), constant_values=-1)
-    valid = np.isfinite(best)
-    best_ids = np.where(valid, best_ids, -1)
-    return best_ids, best.astype(np.float32), valid.sum(1)
+        s = users[active] @ v[t0:t1].T  # float32 GEMM, (B', r) x (r, T)
+        in_tile = (cols >= t0) & (cols < t1)
+        if in_tile.any():
+            pos = np.searchsorted(active, rows[in_tile])
+            hit = (pos < active.size) & (active[np.minimum(pos, active.size - 1)] ==
+                                         rows[in_tile])
+            s[pos[hit], cols[in_tile][hit] - t0] = -np.inf
+        bs, bi, bk = best_s[active], best_i[active], best_k[active]
+        select_into(s, t0, index.key, bs, bi, bk)
+        best_s[active], best_i[active], best_k[active] = bs, bi, bk
+    valid = best_i >= 0
+    best_i = np.where(valid, index.order[np.maximum(best_i, 0)], -1)
+    return best_i, best_s, valid.sum(axis=1)
+
+
+def topk_block_torch(users: np.ndarray, items, seen, k: int, key: np.ndarray, *,
+                     device=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`topk_block` on a GPU with PyTorch (``items`` a float32 tensor on ``device``).
+
+    The GPU computes the scores in full float32 (TF32 off), masks seen items and takes the
+    K largest; the CPU then orders those K by (score desc, key asc). Rows where more items
+    tie with the K-th score than fit are finished exactly on the CPU. Results equal the CPU
+    kernel's up to float32 rounding of the scores.
+    """
+    import torch
+
+    device = device or items.device
+    b, n = users.shape[0], items.shape[0]
+    kk = min(k, n)
+    indptr, indices = _csr(seen)
+    u = torch.as_tensor(np.ascontiguousarray(users, dtype=np.float32), device=device)
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # same precision as the CPU kernel
+    try:
+        s = u @ items.T
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+    if indices.size:
+        r = torch.as_tensor(np.repeat(np.arange(b), np.diff(indptr)), device=device)
+        s[r, torch.as_tensor(indices, device=device)] = float("-inf")
+    vals, idx = torch.topk(s, kk, dim=1)
+    kth = vals[:, -1:]
+    crowded = ((s == kth) & torch.isfinite(kth)).sum(1) > (vals == kth).sum(1)
+    vals, idx = vals.cpu().numpy(), idx.cpu().numpy().astype(np.int64)
+    for row in torch.nonzero(crowded).flatten().cpu().numpy():
+        # more items tie with the k-th score than topk kept: pick the lowest keys
+        srow = s[row]
+        above = torch.nonzero(srow > kth[row]).flatten().cpu().numpy()
+        ties = torch.nonzero(srow == kth[row]).flatten().cpu().numpy()
+        ties = ties[np.argsort(key[ties], kind="stable")][: kk - above.size]
+        cols = np.concatenate([above, ties])
+        idx[row] = cols
+        vals[row] = srow[torch.as_tensor(cols, device=device)].cpu().numpy()
+    finite = np.isfinite(vals)
+    tie = np.where(finite, key[idx], _NO_KEY)
+    order = np.lexsort((tie, -np.where(finite, vals, -np.inf)), axis=1)
+    vals = np.take_along_axis(vals, order, 1)
+    idx = np.where(np.isfinite(vals), np.take_along_axis(idx, order, 1), -1)
+    if kk < k:
+        idx = np.pad(idx, ((0, 0), (0, k - kk)), constant_values=-1)
+        vals = np.pad(vals, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+    return idx, vals.astype(np.float32), (idx >= 0).sum(axis=1)
 
 
 def brute_force(users: np.ndarray, items: np.ndarray, seen: list[np.ndarray], k: int,
                 key: np.ndarray) -> list[list[tuple[int, float]]]:
-    """Reference: full score matrix and a per-user sort (tests only; O(B x N) memory)."""
+    """Reference: the full score matrix and a per-user sort (tests only)."""
     out = []
     scores = users @ items.T
     for u in range(users.shape[0]):
@@ -115,49 +200,102 @@ def brute_force(users: np.ndarray, items: np.ndarray, seen: list[np.ndarray], k:
     return out
 
 
-def recommend(spark, users: DataFrame, item_ids: list[str], item_factors: np.ndarray, *, k: int,
-              block: int = 512, tile: int = 8192) -> DataFrame:
+def _task_gpu() -> int | None:
+    """The GPU address Spark granted this task, if any."""
+    try:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        gpus = ctx.resources().get("gpu") if ctx else None
+        return int(gpus.addresses[0]) if gpus and gpus.addresses else None
+    except Exception:  # no task context or no resources API: no GPU
+        return None
+
+
+def choose_backend(backend: str = "auto") -> str:
+    """``cuda`` when asked for, or (``auto``) when the task has a GPU and torch can use it."""
+    if backend not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"unknown top-K backend {backend!r}")
+    if backend != "auto":
+        return backend
+    if _task_gpu() is None:
+        return "cpu"
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def recommend(spark, users, item_ids: list[str], item_factors: np.ndarray, *, k: int,
+              block: int = 256, tile: int = 2048, backend: str = "auto"):
     """Top-``k`` for every row of ``users`` (``user_id, factors array<float>, seen array<int>``).
 
-    ``seen`` holds row numbers into ``item_factors``/``item_ids``. Runs on executors with the
-    item matrix broadcast once; returns ``user_id, rank, item_id, score``.
+    ``seen`` holds row numbers into ``item_factors``/``item_ids`` (null = nothing seen). Runs
+    on executors over Arrow batches, with the item matrix broadcast once; uses the GPU
+    kernel when the task was granted a GPU (``backend="auto"``). Returns
+    ``user_id, rank, item_id, score``.
     """
-    ids = np.asarray(item_ids, dtype=object)
+    import pyarrow as pa
+
     v = np.ascontiguousarray(item_factors, dtype=np.float32)
-    bc = spark.sparkContext.broadcast((v, ids, order_key(ids)))
+    ids = pa.array(list(item_ids), pa.string())
+    key = order_key(item_ids)
+    bc = spark.sparkContext.broadcast((v, ids, key, index_items(v, key)))
+    rank_dim = v.shape[1]
 
     def run(batches):
-        import pandas as pd
+        import pyarrow as pa
+        import pyarrow.compute as pc
 
-        v_, ids_, key_ = bc.value
-        for pdf in batches:
-            for s in range(0, len(pdf), block):
-                part = pdf.iloc[s:s + block]
-                u = np.stack([np.asarray(f, dtype=np.float32) for f in part["factors"]]) \
-                    if len(part) else np.zeros((0, v_.shape[1]), np.float32)
-                seen = [np.asarray(x if x is not None else [], dtype=np.int64)
-                        for x in part["seen"]]
-                idx, score, count = topk_block(u, v_, seen, k, key_, tile=tile)
-                rows = np.repeat(np.arange(len(part)), count)
-                ranks = np.concatenate([np.arange(1, c + 1) for c in count]) if len(part) \
-                    else np.zeros(0, np.int64)
-                flat = idx[np.arange(k)[None, :] < count[:, None]]
-                sc = score[np.arange(k)[None, :] < count[:, None]]
-                yield pd.DataFrame({
-                    "user_id": part["user_id"].to_numpy()[rows],
-                    "rank": ranks.astype(np.int32),
-                    "item_id": ids_[flat],
-                    "score": sc.astype(np.float32),
-                })
+        v_, ids_, key_, index = bc.value
+        mode = choose_backend(backend)
+        if mode == "cuda":
+            import torch
 
-    return users.select("user_id", "factors", "seen").mapInPandas(run, OUTPUT_SCHEMA)
+            gpu = _task_gpu()
+            device = torch.device("cuda", gpu or 0)
+            v_dev = torch.as_tensor(v_, device=device)
+            gpu_block = max(1, min(65536, (1 << 28) // max(1, len(v_))))
+        for batch in batches:
+            n = batch.num_rows
+            fac = batch.column("factors")
+            u_all = pc.list_flatten(fac).to_numpy(zero_copy_only=False) \
+                .astype(np.float32, copy=False).reshape(n, rank_dim)
+            seen = batch.column("seen")
+            lens = pc.fill_null(pc.list_value_length(seen), 0).to_numpy()
+            indptr = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(lens, out=indptr[1:])
+            indices = pc.list_flatten(seen).to_numpy(zero_copy_only=False).astype(np.int64)
+            step = gpu_block if mode == "cuda" else block
+            for s0 in range(0, n, step):
+                s1 = min(n, s0 + step)
+                sub = (indptr[s0:s1 + 1] - indptr[s0], indices[indptr[s0]:indptr[s1]])
+                if mode == "cuda":
+                    idx, score, count = topk_block_torch(u_all[s0:s1], v_dev, sub, k, key_,
+                                                         device=device)
+                else:
+                    idx, score, count = topk_block(u_all[s0:s1], index, sub, k, tile=tile)
+                valid = idx >= 0
+                rows = np.repeat(np.arange(s0, s1), count)
+                ranks = (np.cumsum(valid, axis=1)[valid]).astype(np.int32)
+                yield pa.RecordBatch.from_arrays(
+                    [batch.column("user_id").take(pa.array(rows)), pa.array(ranks),
+                     ids_.take(pa.array(idx[valid])),
+                     pa.array(score[valid].astype(np.float32))],
+                    names=["user_id", "rank", "item_id", "score"])
+
+    return users.select("user_id", "factors", "seen").mapInArrow(run, OUTPUT_SCHEMA)
 
 
-def seen_rows(seen: DataFrame, item_ids: list[str], spark) -> DataFrame:
+def seen_rows(seen, item_ids: list[str], spark):
     """``user_id, item_id`` pairs -> ``user_id, seen`` (array of row numbers into ``item_ids``).
 
     Items outside ``item_ids`` cannot be recommended anyway and are dropped.
     """
+    from pyspark.sql import functions as F
+
     rows = spark.createDataFrame([(i, r) for r, i in enumerate(item_ids)],
                                  "item_id string, row int")
     return (seen.join(F.broadcast(rows), "item_id")
