@@ -17,8 +17,7 @@ def session(cores: int = 2, memory: str = "8g"):
 
     return build_session("lakerec-bench", master=f"local[{cores}]",
                          conf={"spark.driver.memory": memory,
-                               "spark.sql.shuffle.partitions": str(2 * cores),
-                               "spark.default.parallelism": str(2 * cores)})
+                               "spark.sql.shuffle.partitions": str(2 * cores)})
 
 
 @contextmanager

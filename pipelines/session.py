@@ -56,7 +56,6 @@ def local_defaults(master: str) -> dict[str, str]:
         "spark.master": master,
         "spark.driver.memory": os.environ.get("LAKEREC_DRIVER_MEMORY", "4g"),
         "spark.sql.shuffle.partitions": str(max(4, 2 * cores)),
-        "spark.default.parallelism": str(max(4, 2 * cores)),
         "spark.ui.enabled": os.environ.get("LAKEREC_SPARK_UI", "false"),
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",

@@ -286,7 +286,10 @@ def recommend(spark, users, item_ids: list[str], item_factors: np.ndarray, *, k:
                      pa.array(score[valid].astype(np.float32))],
                     names=["user_id", "rank", "item_id", "score"])
 
-    return users.select("user_id", "factors", "seen").mapInArrow(run, OUTPUT_SCHEMA)
+    # The kernel is compute-bound: one task per core, no more (coalesce never shuffles).
+    tasks = spark.sparkContext.defaultParallelism
+    return users.select("user_id", "factors", "seen").coalesce(tasks) \
+        .mapInArrow(run, OUTPUT_SCHEMA)
 
 
 def seen_rows(seen, item_ids: list[str], spark):
