@@ -5,7 +5,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 
-.PHONY: setup demo test lint clean
+AIRFLOW_VENV ?= .venv-airflow
+
+.PHONY: setup airflow-venv package demo test lint clean
 
 setup: $(VENV)/.installed
 
@@ -17,14 +19,29 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	 { tail -40 $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
 	@touch $@
 
+# Airflow lives in its own environment (its pins must not constrain the project's), from a
+# frozen list: Airflow's constraint files are not reachable from the build machines.
+airflow-venv: $(AIRFLOW_VENV)/.installed
+
+$(AIRFLOW_VENV)/.installed: airflow/requirements.txt
+	@echo "installing Airflow into $(AIRFLOW_VENV) (log: $(AIRFLOW_VENV)/install.log)"
+	@$(PYTHON) -m venv $(AIRFLOW_VENV)
+	@$(AIRFLOW_VENV)/bin/python -m pip install -r airflow/requirements.txt \
+	   > $(AIRFLOW_VENV)/install.log 2>&1 || \
+	 { tail -40 $(AIRFLOW_VENV)/install.log; echo "install failed: see $(AIRFLOW_VENV)/install.log"; exit 1; }
+	@touch $@
+
+package: setup
+	$(VENV)/bin/lakerec package --out dist
+
 demo: setup
 	$(VENV)/bin/lakerec demo
 
-test: setup
+test: setup airflow-venv
 	$(VENV)/bin/python -m pytest -q
 
 lint: setup
 	$(VENV)/bin/ruff check pipelines jobs schemas tests
 
 clean:
-	rm -rf $(VENV) lakehouse .pytest_cache
+	rm -rf $(VENV) $(AIRFLOW_VENV) dist lakehouse .pytest_cache

@@ -12,6 +12,8 @@ COMMANDS = {
     "train": ("jobs.train", "implicit ALS, holdout evaluation, MLflow, champion alias"),
     "score": ("jobs.score", "top-K recommendations for every user"),
     "sql": ("jobs.sql", "analyst SQL over the tables (DuckDB), with time travel"),
+    "check": ("jobs.check", "quality gate: the recommendations' invariants"),
+    "package": ("jobs.package", "build the --py-files and --archives a cluster needs"),
     "demo": ("jobs.demo", "the whole loop end to end on the embedded defaults"),
 }
 

@@ -89,6 +89,9 @@ def body(spark, cfg: TrainConfig) -> int:
 
     with cli.step("train ALS"):
         r = train(spark, cfg.lakehouse, cfg.params)
+    if r.skipped:
+        print(f"    already trained from these inputs and settings: model v{r.model_version} "
+              f"(run {r.run_id})")
     print(format_report(r, cfg.params.k))
     return 0
 

@@ -21,6 +21,7 @@ Example
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 import os
@@ -69,6 +70,40 @@ class TrainReport:
     reason: str
     window: tuple[str, str, str]
     counts: dict
+    skipped: bool = False
+
+
+def train_key(as_of: _dt.date, params: TrainParams, interactions_version: int) -> str:
+    """What makes two trainings the same: the window, the settings and the input version."""
+    body = {**asdict(params), "as_of": as_of.isoformat(), "weights": dict(params.weights),
+            "interactions_version": interactions_version}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _finished_run(lakehouse: str, key: str, k: int) -> TrainReport | None:
+    """The report of an earlier training with the same key whose factors were written."""
+    c = tracking.client(lakehouse)
+    runs = c.search_runs([tracking.experiment_id(lakehouse)],
+                         filter_string=f"tags.`lakerec.train_key` = '{key}' "
+                                       "and attributes.status = 'FINISHED'",
+                         max_results=5)
+    for run in runs:
+        tags, m, p = run.data.tags, run.data.metrics, run.data.params
+        if "factors.model_version" not in tags:
+            continue
+
+        def pick(prefix: str) -> dict | None:
+            got = {name: m.get(f"{prefix}{name}_at_{k}") for name in metrics.METRICS}
+            return None if any(v is None for v in got.values()) else \
+                {**got, "users": int(m.get("n_eval_users", 0))}
+
+        return TrainReport(
+            int(tags["factors.model_version"]), run.info.run_id, pick(""), pick("pop_"),
+            pick("champion_"), int(tags["champion_version"]) if tags.get("champion_version")
+            else None, tags.get("promoted") == "true", tags.get("decision", ""),
+            (p.get("start", ""), p.get("cutoff", ""), p.get("end", "")),
+            {n[2:]: int(v) for n, v in m.items() if n.startswith("n_")}, skipped=True)
+    return None
 
 
 def window_bounds(as_of: _dt.date, window_days: int, holdout_days: int):
@@ -151,6 +186,12 @@ def train(spark, lakehouse: str, params: TrainParams, *,
     version = delta.open_table(lakehouse, INTERACTIONS).version()
     as_of = params.as_of or latest_date(lakehouse)
     start, cutoff, end = window_bounds(as_of, params.window_days, params.holdout_days)
+    key = train_key(as_of, params, version)
+    done = _finished_run(lakehouse, key, params.k)
+    if done is not None:  # same window, settings and data: the model exists already
+        log.info("already trained as model v%d (run %s); nothing to do", done.model_version,
+                 done.run_id)
+        return done
     events = window_events(spark, lakehouse, version=version, as_of=as_of, start=start,
                            end=end).persist()
     cached = [events]
@@ -238,6 +279,8 @@ def train(spark, lakehouse: str, params: TrainParams, *,
                 "input.item_index.version": delta.latest_version(lakehouse, ITEM_INDEX),
                 "lakehouse": os.path.abspath(lakehouse),
                 "decision": decision,
+                "lakerec.train_key": key,
+                "champion_version": champ.version if champ else "",
             })
             info = mlflow.spark.log_model(model, artifact_path="model",
                                           registered_model_name=tracking.ALS_MODEL,

@@ -57,6 +57,15 @@ def test_first_model_beats_popularity_and_becomes_champion(trained):
     assert os.path.exists(os.path.join(lh, "mlflow.db"))
 
 
+def test_training_again_on_the_same_inputs_is_a_no_op(spark, trained):
+    lh, _, first = trained
+    versions = {t.name: delta.latest_version(lh, t) for t in (USER_FACTORS, ITEM_FACTORS)}
+    again = train(spark, lh, PARAMS)
+    assert again.skipped and again.model_version == 1 and again.run_id == first.run_id
+    assert again.metrics == pytest.approx(first.metrics)
+    assert versions == {t.name: delta.latest_version(lh, t) for t in (USER_FACTORS, ITEM_FACTORS)}
+
+
 def test_factors_and_indexes_are_written(spark, trained):
     lh, _, first = trained
     items = delta.read(spark, lh, ITEM_FACTORS).where("model_version = 1")

@@ -1,0 +1,140 @@
+"""lakerec's daily pipeline for Airflow 3.
+
+wait for the day's log partition -> ingest that date -> train (on the configured cadence)
+-> score -> quality gate. One run per logical date; every task is idempotent for its date,
+so clearing and re-running a date leaves the tables as they were.
+
+Configuration, read when the DAG file is parsed (environment of the scheduler/dag processor):
+
+=========================  ==================================================================
+``LAKEREC_LAKEHOUSE``      lakehouse root (default ``/data/lakehouse``); also the ``lakehouse``
+                           param of a run
+``LAKEREC_SPARK_CONN``     Airflow Spark connection id (default ``spark_default``); its host
+                           is the master (``local[2]``, ``spark://h:7077``, ``yarn``, ``k8s://..``)
+``LAKEREC_SPARK_SUBMIT``   the spark-submit to run (the project venv's, or the cluster's)
+``LAKEREC_PYTHON``         the Python that runs the jobs (the project venv's, or ``./env/bin/python``
+                           inside the packed environment on a cluster)
+``LAKEREC_PY_FILES``       the ``--py-files`` archive (``make package`` builds it)
+``LAKEREC_ARCHIVES``       optional ``--archives`` value (the packed environment)
+``LAKEREC_START_DATE``     first logical date (default 2024-06-01); ``LAKEREC_CATCHUP`` (0/1)
+``LAKEREC_TRAIN_EVERY``    train cadence in days (default 7: a model a week, scoring daily)
+``LAKEREC_RETRIES``        retries per task (default 2, five minutes apart)
+=========================  ==================================================================
+
+Run params (per run, e.g. ``airflow dags test lakerec_daily 2024-06-08 -c '{...}'``):
+``lakehouse``, ``train_flags`` (a list of extra ``lakerec train`` flags), ``k``,
+``shuffle_partitions``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG, Param, task
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LAKEHOUSE = os.environ.get("LAKEREC_LAKEHOUSE", "/data/lakehouse")
+CONN = os.environ.get("LAKEREC_SPARK_CONN", "spark_default")
+SPARK_SUBMIT = os.environ.get("LAKEREC_SPARK_SUBMIT", "spark-submit")
+PYTHON = os.environ.get("LAKEREC_PYTHON", "python3")
+PY_FILES = os.environ.get("LAKEREC_PY_FILES") or None
+ARCHIVES = os.environ.get("LAKEREC_ARCHIVES") or None
+JOBS = os.environ.get("LAKEREC_JOBS", os.path.join(ROOT, "jobs"))
+TRAIN_EVERY = int(os.environ.get("LAKEREC_TRAIN_EVERY", "7"))
+START = dt.datetime.fromisoformat(os.environ.get("LAKEREC_START_DATE", "2024-06-01")).replace(
+    tzinfo=dt.UTC)
+CATCHUP = os.environ.get("LAKEREC_CATCHUP", "0") == "1"
+RETRIES = int(os.environ.get("LAKEREC_RETRIES", "2"))
+
+
+def _spark_home() -> str | None:
+    # spark-submit from a pip-installed pyspark: SPARK_HOME is the pyspark package folder
+    sibling = os.path.join(os.path.dirname(PYTHON), "..", "lib")
+    for root, dirs, _ in os.walk(sibling):
+        if "pyspark" in dirs and os.path.isdir(os.path.join(root, "pyspark", "jars")):
+            return os.path.abspath(os.path.join(root, "pyspark"))
+        if root.count(os.sep) - sibling.count(os.sep) > 3:
+            dirs[:] = []
+    return os.environ.get("SPARK_HOME")
+
+
+ENV = {k: v for k, v in {
+    "SPARK_HOME": _spark_home(),
+    "PYSPARK_PYTHON": PYTHON,
+    "PYSPARK_DRIVER_PYTHON": PYTHON,
+    "LAKEREC_LAKEHOUSE": LAKEHOUSE,
+    "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI"),
+    "PATH": os.environ.get("PATH", ""),
+}.items() if v}
+
+
+def spark_job(task_id: str, script: str, args, **kw) -> SparkSubmitOperator:
+    """One lakerec job through spark-submit, master and conf from the Airflow connection.
+
+    ``args`` is a list of templated strings, or one template rendering to a list (the DAG
+    renders templates as native objects).
+    """
+    if isinstance(args, list):
+        args = ["--lakehouse", "{{ params.lakehouse }}", *args]
+    return SparkSubmitOperator(
+        task_id=task_id,
+        conn_id=CONN,
+        application=os.path.join(JOBS, script),
+        application_args=args,
+        py_files=PY_FILES,
+        archives=ARCHIVES,
+        spark_binary=SPARK_SUBMIT,
+        env_vars=ENV,
+        name=f"lakerec-{task_id}-{{{{ ds }}}}",
+        conf={"spark.sql.shuffle.partitions": "{{ params.shuffle_partitions | string }}"},
+        **kw,
+    )
+
+
+with DAG(
+    dag_id="lakerec_daily",
+    description="ingest -> train -> score -> quality gate, one run per day of logs",
+    schedule="@daily",
+    start_date=START,
+    catchup=CATCHUP,
+    max_active_runs=1,
+    render_template_as_native_obj=True,
+    default_args={"retries": RETRIES, "retry_delay": dt.timedelta(minutes=5)},
+    params={
+        "lakehouse": Param(LAKEHOUSE, type="string"),
+        "train_flags": Param([], type="array", description="extra `lakerec train` flags"),
+        "k": Param(10, type="integer", minimum=1),
+        "shuffle_partitions": Param(8, type="integer", minimum=1),
+    },
+    tags=["lakerec"],
+) as dag:
+
+    @task.sensor(poke_interval=60, timeout=6 * 3600, mode="reschedule")
+    def wait_for_logs(ds=None, params=None):
+        """The log partition dt={{ ds }} has landed."""
+        folder = os.path.join(params["lakehouse"], "landing", "events", f"dt={ds}")
+        return os.path.isdir(folder) and any(not f.startswith((".", "_"))
+                                             for f in os.listdir(folder))
+
+    ingest = spark_job("ingest", "ingest.py", ["--date", "{{ ds }}"])
+
+    @task.branch
+    def train_due(logical_date=None):
+        """Train every LAKEREC_TRAIN_EVERY days (counted from the start date)."""
+        days = (logical_date - START).days
+        return "train" if days % TRAIN_EVERY == 0 else "skip_train"
+
+    train = spark_job("train", "train.py",
+                      "{{ ['--lakehouse', params.lakehouse, '--as-of', ds, "
+                      "'--k', params.k | string] + params.train_flags }}")
+    skip_train = EmptyOperator(task_id="skip_train")
+    # "--k=N" in one token: a native-rendered "{{ params.k }}" alone would become an int
+    score = spark_job("score", "score.py", ["--k={{ params.k }}"],
+                      trigger_rule="none_failed_min_one_success")
+    quality_gate = spark_job("quality_gate", "check.py", ["--k={{ params.k }}"],
+                             retries=0)
+
+    wait_for_logs() >> ingest >> train_due() >> [train, skip_train] >> score >> quality_gate

@@ -1,0 +1,53 @@
+"""lakerec check: the quality gate on recommendations (exit 1 if any invariant breaks).
+
+    lakerec check [--k 10]
+    spark-submit jobs/check.py  (same arguments)
+
+Checks: recommendations exist; no nulls; at most K rows per user, ranked 1..n; no item twice;
+no seen item; every user with interactions is scored; K rows unless fewer than K items with
+factors remain unseen.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from pipelines import cli
+from pipelines.config import positive_int
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    lakehouse: str
+    k: int
+    log_level: str | None
+
+
+def parse(argv: list[str] | None) -> CheckConfig:
+    p = cli.parser("check", "Quality gate: recommendations' invariants (exit 1 on failure).")
+    p.add_argument("--k", help="recommendations per user (10)")
+    args, s = cli.parse_args(p, argv, section="check")
+    return CheckConfig(s.lakehouse, s.get("k", flag=args.k, default=10, cast=positive_int),
+                       args.log_level)
+
+
+def body(_spark, cfg: CheckConfig) -> int:
+    from pipelines.quality import check_recommendations
+
+    checks = check_recommendations(cfg.lakehouse, k=cfg.k)
+    for c in checks:
+        print(f"  {'ok  ' if not c.violations else 'FAIL'} {c.name}"
+              + (f" ({c.violations:,} violations)" if c.violations else ""))
+    failed = [c for c in checks if c.violations]
+    print(f"quality gate: {'FAILED' if failed else 'passed'} ({len(checks)} checks)")
+    return cli.EXIT_FAILED if failed else cli.EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run("check", argv, parse, body, spark=False,
+                   log_level=lambda c: c.log_level or "WARNING")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

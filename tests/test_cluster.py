@@ -1,0 +1,127 @@
+"""A real Spark standalone cluster on loopback: master + two workers, packaged artifacts only."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+import zipfile
+
+import pytest
+
+from pipelines.quality import check_recommendations
+from tests.conftest import VENV_BIN, job_env
+
+pytestmark = pytest.mark.slow
+SPARK_HOME = os.path.join(os.path.dirname(__import__("pyspark").__file__))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra) -> dict:
+    """No venv on PATH, no Python path of the test's own: only what the cluster is given."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYSPARK", "SPARK", "PYTHON", "LAKEREC", "VIRTUAL_ENV"))}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if not p.startswith(str(VENV_BIN)))
+    env.update(SPARK_HOME=SPARK_HOME, SPARK_LOCAL_IP="127.0.0.1", **extra)
+    return env
+
+
+def wait_for(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A standalone master and two one-core workers; always shut down."""
+    spark_class = os.path.join(SPARK_HOME, "bin", "spark-class")
+    port = free_port()
+    env = clean_env(SPARK_LOG_DIR=str(tmp_path / "logs"), SPARK_WORKER_DIR=str(tmp_path / "work"))
+    procs = []
+    try:
+        procs.append(subprocess.Popen(
+            [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+             "--port", str(port), "--webui-port", str(free_port())],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True))
+        wait_for(port)
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [spark_class, "org.apache.spark.deploy.worker.Worker",
+                 f"spark://127.0.0.1:{port}", "--cores", "1", "--memory", "2g",
+                 "--host", "127.0.0.1", "--webui-port", str(free_port()),
+                 "--work-dir", str(tmp_path / "work")],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True))
+        time.sleep(5)  # workers register with the master
+        yield f"spark://127.0.0.1:{port}"
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, 15)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, 9)
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    r = subprocess.run([str(VENV_BIN / "lakerec"), "package", "--out", str(out)],
+                       capture_output=True, text=True, env=job_env(), timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_ingest_train_score_on_a_standalone_cluster(cluster, packaged, tmp_path):
+    lh = str(tmp_path / "lh")
+    r = subprocess.run([str(VENV_BIN / "lakerec"), "generate", "--lakehouse", lh, "--users", "300",
+                        "--items", "80", "--events", "15000", "--days", "8", "--clusters", "4"],
+                       capture_output=True, text=True, env=job_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # the driver runs from the packed environment too, unpacked next to the job scripts
+    driver_env = tmp_path / "driver-env"
+    with tarfile.open(packaged / "lakerec_env.tar.gz") as t:
+        t.extractall(driver_env)
+    apps = tmp_path / "apps"
+    with zipfile.ZipFile(packaged / "lakerec_pipelines.zip") as z:
+        z.extractall(apps, [n for n in z.namelist() if n.startswith("jobs/")])
+    submit = [os.path.join(SPARK_HOME, "bin", "spark-submit"), "--master", cluster,
+              "--py-files", str(packaged / "lakerec_pipelines.zip"),
+              "--archives", f"{packaged / 'lakerec_env.tar.gz'}#env",
+              "--conf", "spark.pyspark.python=./env/bin/python",
+              "--conf", f"spark.pyspark.driver.python={driver_env / 'bin' / 'python'}",
+              "--conf", "spark.executor.memory=1g", "--conf", "spark.sql.shuffle.partitions=4",
+              "--driver-java-options", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"]
+    env = clean_env()
+    steps = [("ingest.py", ["--all"]),
+             ("train.py", ["--window-days", "8", "--holdout-days", "2", "--rank", "8",
+                           "--max-iter", "5", "--k", "5"]),
+             ("score.py", ["--k", "5"])]
+    for script, args in steps:
+        r = subprocess.run([*submit, str(apps / "jobs" / script), "--lakehouse", lh, *args],
+                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+        assert r.returncode == 0, f"{script}\n{r.stdout[-2000:]}\n{r.stderr[-5000:]}"
+        if script == "train.py":
+            assert "promoted to champion" in r.stdout
+    # the same invariants as local mode
+    failed = [c for c in check_recommendations(lh, k=5) if c.violations]
+    assert not failed, failed
+    shutil.rmtree(driver_env)
