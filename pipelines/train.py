@@ -92,7 +92,7 @@ def _finished_run(lakehouse: str, key: str, k: int) -> TrainReport | None:
         if "factors.model_version" not in tags:
             continue
 
-        def pick(prefix: str) -> dict | None:
+        def pick(prefix: str, m=m) -> dict | None:
             got = {name: m.get(f"{prefix}{name}_at_{k}") for name in metrics.METRICS}
             return None if any(v is None for v in got.values()) else \
                 {**got, "users": int(m.get("n_eval_users", 0))}
