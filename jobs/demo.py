@@ -5,7 +5,9 @@
 
 generate -> ingest every day (+ catalog) -> train (holdout evaluation, MLflow, champion)
 -> score -> a summary: table row counts, metrics next to the popularity baseline, and one
-user's recent history beside their recommendations. Steps already done on the same inputs
+user's recent history beside their recommendations -> the local broker and the stream: that
+user buys from a taste cluster they never touched, and their recommendations are shown again
+after the stream's fold-in. Steps already done on the same inputs
 are skipped, so a second run only trains a new model and compares it with the champion.
 """
 
@@ -25,6 +27,7 @@ class DemoConfig:
     lakehouse: str
     spec: SyntheticSpec
     params: TrainParams
+    stream: bool
     log_level: str | None
 
 
@@ -35,13 +38,15 @@ def parse(argv: list[str] | None) -> DemoConfig:
     p = cli.parser("demo", "Generate, ingest, train, score and summarise, end to end.")
     add_spec_options(p)
     add_train_options(p, ("rank", "k", "max-iter"))
+    p.add_argument("--no-stream", action="store_true",
+                   help="skip the streaming part (broker, stream, live refresh)")
     args, s = cli.parse_args(p, argv, section="demo")
     spec = spec_from(args, s, dirty_default=0.002)
     params = params_from(args, s, window_days=spec.days,
                          holdout_days=min(TrainParams().holdout_days, max(1, spec.days // 5)),
                          seed=spec.seed)
     s.check_writable(s.lakehouse, "--lakehouse")
-    return DemoConfig(s.lakehouse, spec, params, args.log_level or "WARNING")
+    return DemoConfig(s.lakehouse, spec, params, not args.no_stream, args.log_level or "WARNING")
 
 
 def body(spark, cfg: DemoConfig) -> int:
@@ -73,7 +78,9 @@ def body(spark, cfg: DemoConfig) -> int:
         s = score(spark, lh, k=cfg.params.k)
         if not s.skipped:
             print(f"    {s.users:,} users, {s.rows:,} rows {s.by_source}")
-    summary(lh, cfg.params.k)
+    user = summary(lh, cfg.params.k)
+    if cfg.stream:
+        stream_demo(spark, lh, user, cfg.params.k)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s. Explore: "
           f"lakerec sql --lakehouse {lh} \"SELECT * FROM recommendations LIMIT 10\"")
     return 0
@@ -101,10 +108,65 @@ def summary(lakehouse: str, k: int) -> None:
         FROM interactions i LEFT JOIN items it USING (item_id)
         WHERE i.user_id = '{user}' ORDER BY i.ts DESC LIMIT 8""")))
     print(f"\n== {user}: recommendations")
-    print(format_rows(*query(lakehouse, f"""
+    print(format_rows(*recommendations_of(lakehouse, user, k)))
+    return user
+
+
+def recommendations_of(lakehouse: str, user: str, k: int):
+    from pipelines.sql import query
+
+    return query(lakehouse, f"""
         SELECT r.rank, r.item_id, round(r.score, 3) AS score, r.source, it.category, it.title
         FROM recommendations r LEFT JOIN items it USING (item_id)
-        WHERE r.user_id = '{user}' ORDER BY r.rank LIMIT {k}""")))
+        WHERE r.user_id = '{user}' ORDER BY r.rank LIMIT {k}""")
+
+
+def stream_demo(spark, lakehouse: str, user: str, k: int, timeout_s: float = 180.0) -> None:
+    """Broker + stream in this session; a burst of purchases from a new taste cluster."""
+    import datetime as _dt
+    import json
+    import os
+
+    from pipelines import broker, feedback
+    from pipelines.kafka_source import nested_offsets
+    from pipelines.sql import format_rows
+    from pipelines.stream import StreamContext, end_offsets, start_query, stop_after_batch
+
+    folder = os.path.join(lakehouse, "_broker")
+    with cli.step("start the local broker and the stream"):
+        st = broker.start(folder)
+        broker.create_topic(st.bootstrap, "feedback", partitions=2)
+        # one query per demo run: the in-memory broker starts empty each time
+        name = "demo-" + _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
+        ctx = StreamContext(lakehouse, name, k=k)
+        opts = {"kafka.bootstrap.servers": st.bootstrap, "subscribe": "feedback"}
+        _, now = end_offsets(opts)  # from here on: nothing sent before this demo
+        opts["startingOffsets"] = json.dumps(nested_offsets(now))
+        q = start_query(spark, ctx, checkpoint=os.path.join(lakehouse, "_checkpoints", name),
+                        source_options=opts, trigger_s=0.5)
+        ctx.serving_model()  # load the champion before the burst, as a running stream has
+    try:
+        category, items = feedback.untouched_cluster_items(lakehouse, user, n=5)
+        print(f"\n== {user} buys {len(items)} items from {category!r}, a category they never "
+              f"touched: {', '.join(items)}")
+        p = feedback.make_producer(st.bootstrap, one_record_per_batch=True)
+        t0 = time.perf_counter()
+        feedback.send(p, "feedback", feedback.purchases([user], items))
+        p.close()
+        deadline = time.monotonic() + timeout_s
+        while q.isActive and time.monotonic() < deadline and \
+                sum(r.valid for r in ctx.reports) < len(items):
+            time.sleep(0.1)
+        seen = time.perf_counter() - t0
+        if q.exception() is not None:
+            raise RuntimeError(f"stream failed: {q.exception()}")
+        print(f"    refreshed in Delta {seen:.1f} s after sending "
+              f"({len(ctx.reports)} micro-batches)")
+        print(f"\n== {user}: recommendations after the stream's fold-in")
+        print(format_rows(*recommendations_of(lakehouse, user, k)))
+    finally:
+        stop_after_batch(ctx, q)
+        broker.stop(folder)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,7 +52,7 @@ def configure_logging(level: str | None = None) -> None:
     logging.basicConfig(level=getattr(logging, lvl), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", force=True)
-    for noisy in ("py4j", "urllib3", "alembic", "mlflow", "git"):
+    for noisy in ("py4j", "urllib3", "alembic", "mlflow", "git", "kafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # pyspark logs every failed query's whole plan as JSON; the job reports the error itself
     logging.getLogger("DataFrameQueryContextLogger").setLevel(logging.CRITICAL)

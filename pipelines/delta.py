@@ -720,3 +720,157 @@ def replace_rows(spark, source, root: str, spec: TableSpec, *, on: Iterable[str]
 def latest_version(root: str, spec: TableSpec | str) -> int | None:
     """The table's current version, or ``None`` if it does not exist."""
     return open_table(root, spec).version() if exists(root, spec) else None
+
+
+# --------------------------------------------------------------------------- small writes
+# The stream's micro-batches are small: Spark jobs per write would cost more than the data.
+# These helpers write Arrow tables from the driver with pyarrow and commit through the same
+# :func:`commit` (same conflict rules, same transaction ids).
+
+
+def committed_through(dt, app_id: str) -> int | None:
+    """The highest transaction version recorded for ``app_id`` (a stream's last batch id)."""
+    return dt.transaction_version(app_id)
+
+
+def _partition_groups(table, spec: TableSpec) -> list[tuple[dict, object]]:
+    """Split an Arrow table by the spec's partition columns: ``[(values, rows), ...]``."""
+    import pyarrow.compute as pc
+
+    if not spec.partition_by:
+        return [({}, table)]
+    keys = table.select(list(spec.partition_by)).group_by(list(spec.partition_by)) \
+        .aggregate([]).to_pylist()
+    out = []
+    for k in sorted(keys, key=lambda d: [str(v) for v in d.values()]):
+        mask = None
+        for c, v in k.items():
+            m = pc.is_null(table[c]) if v is None else pc.equal(table[c], v)
+            mask = m if mask is None else pc.and_(mask, m)
+        out.append(({c: _partition_str(v) for c, v in k.items()}, table.filter(mask)))
+    return out
+
+
+def stage_arrow(table, root: str, spec: TableSpec) -> StagedWrite:
+    """Write an Arrow table as Parquet (one file per partition) and move it into the table.
+
+    The driver-side twin of :func:`stage`, for writes too small to be worth a Spark job.
+    """
+    import pyarrow.parquet as pq
+    from deltalake.transaction import AddAction
+
+    path = table_path(root, spec)
+    write_id = uuid.uuid4().hex
+    staging = os.path.join(path, STAGING_DIR, write_id)
+    os.makedirs(staging, exist_ok=True)
+    table = table.select(spec.column_names).cast(spec.arrow_schema())
+    staged = StagedWrite(table_path=path, spec=spec, write_id=write_id)
+    now_ms = int(time.time() * 1000)
+    try:
+        for i, (values, rows) in enumerate(_partition_groups(table, spec)):
+            if rows.num_rows == 0:
+                continue
+            rel = f"part-{i:05d}-{write_id}.snappy.parquet"
+            if spec.partition_by:
+                rel = "/".join(f"{c}={_escape(values[c])}" for c in spec.partition_by) + "/" + rel
+            src = os.path.join(staging, f"{i:05d}.parquet")
+            pq.write_table(rows.drop_columns(list(spec.partition_by)), src, compression="snappy")
+            stats = _file_stats(src, spec)
+            dest = os.path.join(path, rel)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.replace(src, dest)
+            staged.rows += stats["numRecords"]
+            staged.adds.append(AddAction(
+                path=rel, size=os.path.getsize(dest), partition_values=values,
+                modification_time=now_ms, data_change=True, stats=json.dumps(stats)))
+    except BaseException:
+        staged.discard()
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_if_empty(os.path.join(path, STAGING_DIR))
+    return staged
+
+
+def append_arrow(root: str, spec: TableSpec, table, *, txn: Txn | None = None,
+                 metadata: Mapping[str, str] | None = None, snapshot=None) -> CommitResult:
+    """Append an Arrow table in one commit (driver-side; see :func:`stage_arrow`)."""
+    dt = snapshot or ensure_table(root, spec)
+    if already_committed(dt, txn):
+        return CommitResult(spec.name, dt.version(), skipped=True,
+                            reason="transaction already committed")
+    staged = stage_arrow(table, root, spec)
+    return commit(staged, snapshot=dt, mode="append", txn=txn, metadata=metadata)
+
+
+def replace_rows_arrow(root: str, spec: TableSpec, table, *, on: Iterable[str],
+                       txn: Txn | None = None, metadata: Mapping[str, str] | None = None,
+                       snapshot=None) -> CommitResult:
+    """Replace every row whose ``on`` key appears in ``table`` by ``table``'s rows: one commit.
+
+    The driver-side twin of :func:`replace_rows` for small sources (a micro-batch's users):
+    copy-on-write of the files that hold those keys, read and rewritten with pyarrow. With a
+    group key (``user_id`` of ``recommendations``) each group's rows are swapped as a whole.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from deltalake.transaction import RemoveAction
+
+    on = list(on)
+    dt = snapshot or ensure_table(root, spec)
+    if already_committed(dt, txn):
+        return CommitResult(spec.name, dt.version(), skipped=True,
+                            reason="transaction already committed")
+    path = table_path(root, spec)
+    schema = spec.arrow_schema()
+    table = table.select(spec.column_names).cast(schema)
+    parts = {}
+    if spec.partition_by:
+        parts = {c: {_partition_str(v) for v in pc.unique(table[c]).to_pylist()}
+                 for c in spec.partition_by}
+    data_on = [c for c in on if c not in spec.partition_by]
+    wanted = pa.Table.from_pydict({c: table[c] for c in data_on})
+    key = _row_key(wanted, data_on)
+    removes, kept = [], []
+    now = int(time.time() * 1000)
+    for a in _add_actions(dt):
+        if any(a["partition"].get(c) not in vs for c, vs in parts.items()):
+            continue
+        file = os.path.join(path, unquote(a["path"]))
+        keys = pq.read_table(file, columns=data_on)
+        hit = pc.is_in(_row_key(keys, data_on), value_set=key)
+        if not pc.any(hit).as_py():
+            continue
+        rows = pq.read_table(file).filter(pc.invert(hit))
+        for c in spec.partition_by:  # partition values live in the path
+            field_ = schema.field(c)
+            v = a["partition"].get(c)
+            rows = rows.append_column(field_, pa.array(
+                [None if v is None else _parse_partition(v, field_.type)] * rows.num_rows,
+                field_.type))
+        kept.append(rows.select(spec.column_names).cast(schema))
+        removes.append(RemoveAction(path=a["path"], data_change=True, deletion_timestamp=now,
+                                    size=a["size"], partition_values=a["partition"]))
+    staged = stage_arrow(pa.concat_tables([*kept, table]), root, spec)
+    return commit(staged, snapshot=dt, mode="append", removes=removes, txn=txn,
+                  metadata=metadata)
+
+
+def _row_key(table, cols: list[str]):
+    """One comparable column for a (possibly composite) key."""
+    import pyarrow.compute as pc
+
+    if len(cols) == 1:
+        return table[cols[0]]
+    return pc.binary_join_element_wise(*[pc.cast(table[c], "string") for c in cols], "\x1f")
+
+
+def _parse_partition(v: str, type_):
+    import pyarrow as pa
+
+    if pa.types.is_date(type_):
+        return _dt.date.fromisoformat(v)
+    if pa.types.is_integer(type_):
+        return int(v)
+    return v

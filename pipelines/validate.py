@@ -195,19 +195,30 @@ def check_catalog(lines: DataFrame, *, raw_col: str = "raw") -> DataFrame:
     )
 
 
+def payload_columns(raw_col: str = "raw") -> tuple[Column, Column]:
+    """(text, exact bytes) of a payload as the ``quarantine`` table keeps it.
+
+    ``text`` has invalid UTF-8 replaced and is cut at 1,048,576 characters; the exact bytes
+    are kept only when the payload was not valid UTF-8 (else NULL).
+    """
+    raw = F.col(raw_col)
+    text = raw.cast("string")
+    valid = F.coalesce(F.is_valid_utf8(text), F.lit(True))
+    limit = EVENT_RULES.max_payload_bytes
+    return (F.substring(F.make_valid_utf8(text), 1, limit),
+            F.when(~valid, F.substring(raw.cast("binary"), 1, limit)))
+
+
 def quarantine_rows(rejected: DataFrame, *, raw_col: str = "raw") -> DataFrame:
     """Shape rejected rows for the ``quarantine`` table's payload columns.
 
     ``raw`` is kept as text (invalid UTF-8 replaced, cut at 1,048,576 characters);
     ``raw_bytes`` keeps the exact bytes only when the payload was not valid UTF-8.
     """
-    raw = F.col(raw_col)
-    text = raw.cast("string")
-    valid = F.coalesce(F.is_valid_utf8(text), F.lit(True))
-    limit = EVENT_RULES.max_payload_bytes
+    text, exact = payload_columns(raw_col)
     return rejected.select(
-        F.substring(F.make_valid_utf8(text), 1, limit).alias("raw"),
-        F.when(~valid, F.substring(raw.cast("binary"), 1, limit)).alias("raw_bytes"),
+        text.alias("raw"),
+        exact.alias("raw_bytes"),
         F.coalesce(F.col("raw_size"), F.lit(0)).cast("long").alias("raw_size"),
         "reason",
         F.col("event_id") if "event_id" in rejected.columns else F.lit(None).cast("string"),

@@ -1,0 +1,241 @@
+"""Freshness of the stream: produce time -> row visible in ``recommendations``, at given rates.
+
+    python bench/stream_latency.py [--lakehouse PATH] [--rates 1000,2500,5000] [--seconds 30]
+
+One run, the real parts: the local broker over TCP, ``lakerec stream`` as a separate process
+(local[2]), producer processes sending one record per batch at each rate, and Delta.
+
+For every event: latency = commit time of the ``recommendations`` version whose transaction
+(``lakerec.stream/<query>``, batch) holds the event's refresh - the time the producer handed
+the event over. Both come from the run itself: the batch of each event is read back from
+``interactions.ingest_id`` and the commit time from the Delta log. A rate counts as
+sustained when the stream drains within 10 s of the producers stopping and the median
+latency of the last third of the run is within 1 s of the first third (lag does not grow).
+
+Without ``--lakehouse`` a lakehouse is generated, ingested and trained first (about 2
+minutes: 20,000 users, 5,000 items, 300,000 events, rank 32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.common import machine  # noqa: E402
+
+BIN = os.path.dirname(sys.executable)
+PER_PRODUCER = 1500  # records/s one kafka-python process sends reliably here
+
+
+def lakerec(*args, **kw):
+    return subprocess.run([os.path.join(BIN, "lakerec"), *args], check=True, **kw)
+
+
+def prepare(lh: str) -> None:
+    lakerec("demo", "--lakehouse", lh, "--users", "20000", "--items", "5000", "--events",
+            "300000", "--days", "14", "--rank", "32", "--no-stream",
+            stdout=subprocess.DEVNULL)
+
+
+def produce(bootstrap, topic, users, items, rate, seconds, seed, prefix, out):
+    from pipelines import feedback
+
+    p = feedback.make_producer(bootstrap, one_record_per_batch=True)
+    n = int(rate * seconds)
+    sent = np.zeros(n)
+
+    def stamp(i, t):
+        sent[i] = t
+
+    feedback.send(p, topic, feedback.random_events(users, items, n, seed=seed,
+                                                   prefix=prefix), rate=rate,
+                  on_sent=stamp)
+    p.close()
+    out.put((seed, sent))
+
+
+def batches(metrics: str) -> list[dict]:
+    """The stream's per-batch reports so far."""
+    if not os.path.exists(metrics):
+        return []
+    with open(metrics) as f:
+        return [json.loads(x) for x in f]
+
+
+def commit_times(table_path: str, app: str) -> dict[int, float]:
+    """batch id -> commit time (s) of the table's commits by ``app``, from the Delta log."""
+    out = {}
+    log_dir = os.path.join(table_path, "_delta_log")
+    for name in sorted(os.listdir(log_dir)):
+        if not name.endswith(".json"):
+            continue
+        ts, ver = None, None
+        with open(os.path.join(log_dir, name)) as f:
+            for line in f:
+                a = json.loads(line)
+                if "commitInfo" in a:
+                    ts = a["commitInfo"]["timestamp"] / 1000
+                if "txn" in a and a["txn"]["appId"] == app:
+                    ver = a["txn"]["version"]
+        if ts is not None and ver is not None:
+            out[ver] = ts
+    return out
+
+
+def run_rate(lh, bootstrap, rate, seconds, users, items):
+    import pyarrow.compute as pc
+
+    from pipelines import broker, delta
+    from schemas.tables import INTERACTIONS
+
+    topic = f"bench-{rate}-{int(time.time())}"
+    broker.create_topic(bootstrap, topic, partitions=2)
+    query = topic
+    env = {**os.environ, "LAKEREC_SPARK_MASTER": "local[2]"}
+    stream = subprocess.Popen(
+        [os.path.join(BIN, "lakerec"), "stream", "--lakehouse", lh, "--bootstrap", bootstrap,
+         "--topic", topic, "--query-name", query, "--trigger-seconds", "0.5",
+         "--max-offsets-per-trigger", str(max(2000, rate * 4))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = os.path.join(lh, "_stream", query, "batches.jsonl")
+    # warm up: Spark start, model load, compiled kernels -- not part of the measurement
+    from pipelines import feedback
+
+    p = feedback.make_producer(bootstrap, one_record_per_batch=True)
+    feedback.send(p, topic, feedback.random_events(users, items, 50, seed=99,
+                                                   prefix=f"warm{rate}"))
+    p.close()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if sum(b["records"] for b in batches(metrics)) >= 50:
+            break
+        time.sleep(0.5)
+    else:
+        stream.kill()
+        raise SystemExit(f"stream did not warm up: {stream.stderr.read()[-2000:]}")
+
+    producers = max(1, -(-rate // PER_PRODUCER))
+    q = mp.Queue()
+    procs = [mp.Process(target=produce, args=(bootstrap, topic, users, items, rate / producers,
+                                              seconds, seed, f"b{rate}", q))
+             for seed in range(producers)]
+    t0 = time.time()
+    for pr in procs:
+        pr.start()
+    sent = dict(q.get() for _ in procs)
+    for pr in procs:
+        pr.join()
+    t_end = time.time()
+    n_sent = sum(len(v) for v in sent.values())
+    want = n_sent + 50
+    drained = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done = sum(b["records"] for b in batches(metrics))
+        if done >= want:
+            drained = time.time() - t_end
+            break
+        time.sleep(0.2)
+    stream.send_signal(signal.SIGTERM)
+    try:
+        stream.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        stream.kill()
+
+    inter = delta.arrow_dataset(lh, INTERACTIONS).to_table(
+        columns=["event_id", "ingest_id"],
+        filter=pc.starts_with(pc.field("ingest_id"), f"stream:{query}:"))
+    batch_of = {e: int(i.rsplit(":", 1)[1]) for e, i in
+                zip(inter["event_id"].to_pylist(), inter["ingest_id"].to_pylist(), strict=True)}
+    visible = commit_times(os.path.join(lh, "recommendations"), f"lakerec.stream/{query}")
+    lat, at = [], []
+    for seed, times in sent.items():
+        for i, t in enumerate(times):
+            b = batch_of.get(f"b{rate}-{seed}-{i}")
+            if b is not None and b in visible:
+                lat.append(visible[b] - t)
+                at.append(t - t0)
+    lat, at = np.array(lat), np.array(at)
+    order = np.argsort(at)
+    lat_sorted = lat[order]
+    third = max(1, len(lat_sorted) // 3)
+    first, last = np.median(lat_sorted[:third]), np.median(lat_sorted[-third:])
+    achieved = n_sent / max(1e-9, max(v.max() for v in sent.values()) - t0)
+    runs = batches(metrics)[1:]  # after the warm-up batch
+    return {
+        "rate": rate, "producers": producers, "sent": n_sent, "achieved_rate": achieved,
+        "measured": len(lat), "p50": float(np.percentile(lat, 50)) if len(lat) else None,
+        "p95": float(np.percentile(lat, 95)) if len(lat) else None,
+        "p99": float(np.percentile(lat, 99)) if len(lat) else None,
+        "first_third_p50": float(first), "last_third_p50": float(last),
+        "drained_after_s": drained, "batches": len(runs),
+        "mean_batch_records": float(np.mean([b["records"] for b in runs])) if runs else 0.0,
+        "mean_batch_seconds": float(np.mean([b["seconds"] for b in runs])) if runs else 0.0,
+        "sustained": bool(drained is not None and drained <= 10 and last <= first + 1.0
+                          and len(lat) == n_sent),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lakehouse", help="a trained lakehouse to use (copied; default: build)")
+    ap.add_argument("--rates", default="1000,2500,5000")
+    ap.add_argument("--seconds", type=float, default=30.0)
+    args = ap.parse_args(argv)
+
+    from pipelines import broker
+    from pipelines.sql import query
+
+    work = tempfile.mkdtemp(prefix="lakerec-bench-stream-")
+    lh = os.path.join(work, "lh")
+    if args.lakehouse:
+        import shutil
+
+        shutil.copytree(args.lakehouse, lh, ignore=shutil.ignore_patterns(
+            "landing", "_broker", "_checkpoints", "_stream"))
+    else:
+        print("preparing a trained lakehouse ...", flush=True)
+        prepare(lh)
+    users = [r[0] for r in query(lh, "SELECT DISTINCT user_id FROM interactions")[1]]
+    items = [r[0] for r in query(lh, "SELECT item_id FROM item_factors")[1]]
+    st = broker.start(os.path.join(work, "broker"))
+    print(machine())
+    print(f"lakehouse: {len(users):,} users, {len(items):,} items with factors; "
+          f"{args.seconds:.0f} s per rate; producers and stream share the machine")
+    results = []
+    try:
+        for rate in [int(r) for r in args.rates.split(",")]:
+            r = run_rate(lh, st.bootstrap, rate, args.seconds, users, items)
+            results.append(r)
+            print(f"rate {rate:>5}/s (achieved {r['achieved_rate']:.0f}/s, "
+                  f"{r['producers']} producers): p50 {r['p50']:.2f} s  p95 {r['p95']:.2f} s  "
+                  f"p99 {r['p99']:.2f} s  | first/last third p50 {r['first_third_p50']:.2f}/"
+                  f"{r['last_third_p50']:.2f} s, drained {r['drained_after_s']} s after the "
+                  f"producers, {r['batches']} batches of {r['mean_batch_records']:.0f} "
+                  f"records in {r['mean_batch_seconds']:.2f} s -> "
+                  f"{'sustained' if r['sustained'] else 'NOT sustained'}", flush=True)
+    finally:
+        broker.stop(os.path.join(work, "broker"))
+    ok = [r["rate"] for r in results if r["sustained"]]
+    print(f"highest sustained rate: {max(ok) if ok else 'none'} events/s; "
+          f"p95 at 1000/s: {next((r['p95'] for r in results if r['rate'] == 1000), None)}")
+    with open(os.path.join(work, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"details: {os.path.join(work, 'results.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,470 @@
+"""The stream for real: the local broker over TCP, ``lakerec stream`` as users run it, Delta.
+
+A module fixture trains a small model and starts the broker; each test copies the trained
+lakehouse, produces to its own topic and checks the tables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import pyarrow.compute as pc
+import pytest
+
+from pipelines import broker, delta, feedback, landing
+from pipelines.generate import SyntheticSpec, catalog_lines, event_lines
+from pipelines.ingest import ingest_catalog, ingest_dates
+from pipelines.score import score
+from pipelines.sql import query
+from pipelines.stream import load_model, refresh, user_history
+from pipelines.train import TrainParams, train
+from schemas.tables import INTERACTIONS, QUARANTINE, RECOMMENDATIONS, USER_FACTORS
+from tests.conftest import ROOT, VENV_BIN, job_env
+
+SPEC = SyntheticSpec(users=300, items=80, events=15_000, days=8, clusters=8, seed=5,
+                     start=dt.date(2024, 3, 1))
+PARAMS = TrainParams(rank=8, max_iter=6, window_days=8, holdout_days=2, k=5)
+K = 5
+
+
+@pytest.fixture(scope="module")
+def trained(spark, tmp_path_factory):
+    lh = str(tmp_path_factory.mktemp("trained"))
+    out = os.path.join(lh, "landing")
+    landing.write_landing(event_lines(spark, SPEC), catalog_lines(spark, SPEC), out, {})
+    ingest_catalog(spark, lh, source=os.path.join(out, "items"))
+    ingest_dates(spark, lh, landing.list_dates(os.path.join(out, "events")),
+                 source=os.path.join(out, "events"))
+    train(spark, lh, PARAMS)
+    score(spark, lh, k=K)
+    return lh
+
+
+@pytest.fixture(scope="module")
+def kafka(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("broker"))
+    st = broker.start(folder)
+    yield st
+    broker.stop(folder)
+
+
+@pytest.fixture
+def lh(trained, tmp_path):
+    dest = str(tmp_path / "lh")
+    shutil.copytree(trained, dest, ignore=shutil.ignore_patterns("landing"))
+    return dest
+
+
+def topic_for(kafka, name: str) -> str:
+    broker.create_topic(kafka.bootstrap, name, partitions=2)
+    return name
+
+
+def stream_cmd(lh, kafka, topic, *extra):
+    return [str(VENV_BIN / "lakerec"), "stream", "--lakehouse", lh, "--bootstrap",
+            kafka.bootstrap, "--topic", topic, "--k", str(K), "--trigger-seconds", "0.2",
+            *extra]
+
+
+def run_stream(lh, kafka, topic, *extra, timeout=300):
+    return subprocess.run(stream_cmd(lh, kafka, topic, "--available-now", *extra),
+                          capture_output=True, text=True, env=job_env(), cwd=ROOT,
+                          timeout=timeout)
+
+
+def known(lh):
+    users = [r[0] for r in query(lh, "SELECT DISTINCT user_id FROM interactions ORDER BY 1")[1]]
+    items = [r[0] for r in query(lh, "SELECT item_id FROM items ORDER BY 1")[1]]
+    return users, items
+
+
+def poison() -> list[tuple[bytes | None, bytes, str]]:
+    """(key, value, expected reason) for every kind of bad record."""
+    ok = {"event_id": "p-ok", "user_id": "u", "item_id": "i", "event_type": "view",
+          "ts": "2024-03-05T10:00:00Z"}
+
+    def with_(**kw):
+        e = {**ok, **kw}
+        return json.dumps({k: v for k, v in e.items() if v is not ...}).encode()
+
+    nested = b"[" * 5000 + b"]" * 5000
+    return [
+        (b"u", b"{not json", "malformed_json"),
+        (b"u", b"", "empty_payload"),
+        (None, b"\xff\xfe{\"event_id\": \"x\"}", "invalid_utf8"),
+        (b"u", b"[1, 2, 3]", "not_an_object"),
+        # nesting deeper than the JSON parser's limit is unreadable, whatever the outer type
+        (b"u", nested, "malformed_json"),
+        (b"u", b'{"a":' * 3000 + b"1" + b"}" * 3000, "malformed_json"),
+        (b"u", json.dumps({**ok, "pad": "x" * (1 << 20)}).encode(), "oversized"),
+        (b"u", with_(event_id="p1", user_id=5), "wrong_type:user_id"),
+        (b"u", with_(event_id="p2", user_id=...), "missing_field:user_id"),
+        (b"u", with_(event_id="p3", event_type="like"), "unknown_event_type"),
+        (b"u", with_(event_id="p4", event_type="rating", value=9), "value_out_of_range"),
+        (b"u", with_(event_id="p5", ts="yesterday"), "bad_timestamp"),
+        (b"u", with_(event_id="p6", value="high"), "wrong_type:value"),
+    ]
+
+
+def producer(kafka):
+    from kafka import KafkaProducer
+
+    # one record per batch (the local broker's quirk); room for the oversized poison
+    return KafkaProducer(bootstrap_servers=kafka.bootstrap, batch_size=1, linger_ms=0, acks=1,
+                         enable_idempotence=False, max_request_size=3 << 20)
+
+
+def expected_refresh(lh, users):
+    model = load_model(lh)
+    _, rows = refresh(model, user_history(lh, users), users, k=K)
+    return model, sorted((r[0], r[1], r[2], r[4]) for r in rows), rows
+
+
+def stream_rows(lh):
+    inter = delta.arrow_dataset(lh, INTERACTIONS).to_table(
+        filter=pc.starts_with(pc.field("ingest_id"), "stream:"))
+    return inter
+
+
+def assert_recommendations_are_a_fresh_fold_in(lh, users):
+    model, want, raw = expected_refresh(lh, users)
+    recs = delta.arrow_dataset(lh, RECOMMENDATIONS).to_table(
+        filter=pc.field("user_id").isin(users))
+    got = sorted(zip(recs["user_id"].to_pylist(), recs["rank"].to_pylist(),
+                     recs["item_id"].to_pylist(), recs["source"].to_pylist(), strict=True))
+    assert got == want
+    scores = {(r[0], r[1]): r[3] for r in raw}
+    for u, rk, s in zip(recs["user_id"].to_pylist(), recs["rank"].to_pylist(),
+                        recs["score"].to_pylist(), strict=True):
+        assert s == pytest.approx(scores[(u, rk)], rel=1e-5, abs=1e-6)
+    assert set(recs["model_version"].to_pylist()) == {model.version}
+    return model
+
+
+def test_stream_end_to_end_with_poison_duplicates_and_a_new_taste(lh, kafka):
+    topic = topic_for(kafka, "e2e")
+    users, items = known(lh)
+    (demo_user,), = query(lh, """SELECT user_id FROM interactions JOIN items USING (item_id)
+                                 GROUP BY 1 ORDER BY count(DISTINCT category), 1 LIMIT 1""")[1]
+    category, new_items = feedback.untouched_cluster_items(lh, demo_user, n=4)
+    before = [r[0] for r in query(lh, f"SELECT item_id FROM recommendations WHERE user_id = "
+                                      f"'{demo_user}' ORDER BY rank")[1]]
+    valid = list(feedback.random_events(users, items, 300, seed=1, prefix="e2e",
+                                        new_users=0.1))
+    bad = poison()
+    p = producer(kafka)
+    sent_bad = []
+    for j, (key, value) in enumerate(valid):
+        p.send(topic, key=key, value=value)
+        if j % 20 == 0 and bad:
+            k_, v_, why = bad.pop()
+            md = p.send(topic, key=k_, value=v_).get(timeout=30)
+            sent_bad.append((f"kafka://{topic}/{md.partition}/{md.offset}", why))
+        if j % 40 == 0:  # a producer retry: the same event again
+            p.send(topic, key=key, value=value)
+    for key, value in feedback.purchases([demo_user], new_items):
+        p.send(topic, key=key, value=value)
+    p.flush()
+    p.close()
+    assert not bad
+
+    r = run_stream(lh, kafka, topic, "--max-offsets-per-trigger", "120")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "stopped:" in r.stdout
+
+    valid_ids = {json.loads(v)["event_id"] for _, v in valid}
+    inter = stream_rows(lh)
+    ids = inter["event_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == len(valid_ids) + len(new_items)
+    assert valid_ids <= set(ids)
+    assert all(s.startswith(f"kafka://{topic}/") for s in inter["ingest_source"].to_pylist())
+
+    quar = delta.arrow_dataset(lh, QUARANTINE).to_table(filter=pc.field("origin") == "stream")
+    reasons = dict(zip(quar["ingest_source"].to_pylist(), quar["reason"].to_pylist(),
+                       strict=True))
+    for source, why in sent_bad:
+        assert reasons.get(source) == why, (source, why, reasons.get(source))
+    assert list(reasons.values()).count("duplicate_event_id") == len(range(0, 300, 40))
+    big = quar.filter(pc.field("reason") == "oversized")
+    assert big["raw_size"].to_pylist()[0] > (1 << 20)
+    raw_bytes = quar.filter(pc.field("reason") == "invalid_utf8")["raw_bytes"].to_pylist()
+    assert raw_bytes[0].startswith(b"\xff\xfe")
+
+    touched = sorted(set(inter["user_id"].to_pylist()))
+    model = assert_recommendations_are_a_fresh_fold_in(lh, touched)
+    uf = delta.arrow_dataset(lh, USER_FACTORS).to_table(
+        filter=(pc.field("source") == "fold_in") & (pc.field("model_version") == model.version))
+    assert set(uf["user_id"].to_pylist()) <= set(touched)
+    assert len(uf) == len(set(uf["user_id"].to_pylist())) > 0
+
+    after = query(lh, f"""SELECT r.item_id, it.category FROM recommendations r
+                         JOIN items it USING (item_id) WHERE user_id = '{demo_user}'
+                         ORDER BY rank""")[1]
+    assert [i for i, _ in after] != before
+    assert any(c == category for _, c in after), (category, after)
+    assert not set(new_items) & {i for i, _ in after}  # bought: never recommended
+
+    # the same checkpoint again: nothing new, nothing written
+    versions = {t.name: delta.latest_version(lh, t) for t in (INTERACTIONS, RECOMMENDATIONS)}
+    r = run_stream(lh, kafka, topic)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {t.name: delta.latest_version(lh, t)
+            for t in (INTERACTIONS, RECOMMENDATIONS)} == versions
+
+    # a lost checkpoint is refused, not replayed
+    r = run_stream(lh, kafka, topic, "--checkpoint", os.path.join(lh, "_checkpoints", "new"))
+    assert r.returncode == 2
+    assert "empty or missing" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_sigterm_stops_after_the_batch_in_flight(lh, kafka):
+    topic = topic_for(kafka, "sigterm")
+    users, items = known(lh)
+    p = producer(kafka)
+    for key, value in feedback.random_events(users, items, 50, seed=2, prefix="sig"):
+        p.send(topic, key=key, value=value)
+    p.flush()
+    p.close()
+    metrics = os.path.join(lh, "_stream", "feedback", "batches.jsonl")
+    proc = subprocess.Popen(stream_cmd(lh, kafka, topic), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=job_env(), cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 180
+        while not os.path.exists(metrics) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert os.path.exists(metrics), "no batch ran"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "stopped: " in out
+    assert len(stream_rows(lh)) == 50
+
+
+@pytest.mark.slow
+def test_sigkill_ten_times_while_producing_loses_and_duplicates_nothing(lh, kafka):
+    topic = topic_for(kafka, "kills")
+    users, items = known(lh)
+    records = list(feedback.random_events(users, items, 2400, seed=3, prefix="kill",
+                                          new_users=0.05))
+    bad = [(b"u", b"{broken " + str(j).encode(), "malformed_json") for j in range(40)]
+    stream = records[:]
+    for j, b in enumerate(bad):
+        stream.insert(j * 60, b[:2])
+    done = threading.Event()
+
+    def produce():
+        p = producer(kafka)
+        feedback.send(p, topic, stream, rate=25)  # spans the ten kills
+        p.close()
+        done.set()
+
+    t = threading.Thread(target=produce, daemon=True)
+    t.start()
+    rnd = random.Random(11)
+    kills = 0
+    env = job_env()
+    while kills < 10:
+        proc = subprocess.Popen(stream_cmd(lh, kafka, topic, "--max-offsets-per-trigger", "80"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env=env, cwd=ROOT)
+        # Spark needs ~8-12 s to start here: kill anywhere from start-up to mid-batch
+        time.sleep(rnd.uniform(4.0, 16.0))
+        if proc.poll() is not None:
+            pytest.fail(f"stream exited early: {proc.stderr.read()[-3000:]}")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+        kills += 1
+    t.join(timeout=120)
+    assert done.is_set()
+    r = run_stream(lh, kafka, topic, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    want = {json.loads(v)["event_id"] for _, v in records}
+    ids = stream_rows(lh)["event_id"].to_pylist()
+    assert len(ids) == len(set(ids)), "an event was appended twice"
+    assert set(ids) == want
+    quar = delta.arrow_dataset(lh, QUARANTINE).to_table(filter=pc.field("origin") == "stream")
+    assert sorted(quar["raw"].to_pylist()) == sorted(b[1].decode() for b in bad)
+    touched = sorted(set(stream_rows(lh)["user_id"].to_pylist()))
+    assert_recommendations_are_a_fresh_fold_in(lh, touched)
+
+
+def test_a_broker_that_lost_its_data_is_refused_not_silently_skipped(lh, tmp_path):
+    folder = str(tmp_path / "broker")
+    st = broker.start(folder)
+    try:
+        topic = topic_for(st, "lost")
+        users, items = known(lh)
+        p = producer(st)
+        for key, value in feedback.random_events(users, items, 40, seed=4, prefix="lost"):
+            p.send(topic, key=key, value=value)
+        p.flush()
+        p.close()
+        r = run_stream(lh, st, topic)
+        assert r.returncode == 0, r.stderr[-3000:]
+        # an in-memory broker restarts empty: the checkpoint's offsets no longer exist
+        broker.stop(folder)
+        st = broker.start(folder, port=st.port)
+        topic_for(st, "lost")
+        p = producer(st)
+        for key, value in feedback.random_events(users, items, 5, seed=5, prefix="lost2"):
+            p.send(topic, key=key, value=value)
+        p.flush()
+        p.close()
+        r = run_stream(lh, st, topic, "--max-restarts", "0")
+        assert r.returncode == 1
+        assert "OffsetOutOfRangeError" in r.stderr and "went back" in r.stderr
+        assert len(stream_rows(lh)) == 40
+        r = run_stream(lh, st, topic, "--skip-lost-offsets", "--max-restarts", "0")
+        assert r.returncode == 0, r.stderr[-3000:]
+    finally:
+        broker.stop(folder)
+
+
+@pytest.fixture
+def s3_store(monkeypatch):
+    """A local S3 (moto) for a broker whose data survives its restart."""
+    import logging
+    import urllib.request
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    srv.start()
+    host, port = srv.get_host_and_port()
+    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/tansu", method="PUT"))
+    for k, v in {"AWS_ACCESS_KEY_ID": "lakerec", "AWS_SECRET_ACCESS_KEY": "lakerec",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT": f"http://{host}:{port}",
+                 "AWS_ALLOW_HTTP": "true"}.items():
+        monkeypatch.setenv(k, v)
+    yield "s3://tansu/"
+    srv.stop()
+
+
+@pytest.mark.slow
+def test_broker_stopped_and_restarted_under_a_running_query(lh, tmp_path, s3_store):
+    folder = str(tmp_path / "broker")
+    st = broker.start(folder, storage=s3_store)
+    proc = None
+    try:
+        topic = topic_for(st, "restart")
+        users, items = known(lh)
+        records = list(feedback.random_events(users, items, 240, seed=6, prefix="rs"))
+        proc = subprocess.Popen(stream_cmd(lh, st, topic, "--max-restarts", "5"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=job_env(), cwd=ROOT)
+
+        def send(part):
+            p = producer(st)
+            for key, value in part:  # acknowledged one by one: exact end offsets here
+                p.send(topic, key=key, value=value).get(timeout=60)
+                time.sleep(0.03)
+            p.close()
+
+        send(records[:120])
+        deadline = time.monotonic() + 180
+        while len(stream_rows(lh)) == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(stream_rows(lh)) > 0, "the stream never committed"
+        broker.stop(folder)  # under the running query
+        time.sleep(8)
+        st = broker.start(folder, port=st.port, storage=s3_store)
+        send(records[120:])
+        want = {json.loads(v)["event_id"] for _, v in records}
+        # This broker's end offset can trail its last records (see
+        # feedback.make_producer); later traffic moves it past them, so keep some flowing.
+        fillers = feedback.random_events(users, items, 10_000, seed=7, prefix="fill")
+        deadline = time.monotonic() + 240
+        while not want <= set(stream_rows(lh)["event_id"].to_pylist()) and \
+                time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            send([next(fillers) for _ in range(5)])
+            time.sleep(1)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+        ids = stream_rows(lh)["event_id"].to_pylist()
+        assert len(ids) == len(set(ids)), "an event was appended twice"
+        assert want <= set(ids), f"lost: {sorted(want - set(ids))[:10]}"
+        assert all(i.startswith("fill-") for i in set(ids) - want)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        broker.stop(folder)
+
+
+def test_broker_and_produce_commands(tmp_path):
+    lh = str(tmp_path / "lh")
+
+    def lakerec(*args):
+        return subprocess.run([str(VENV_BIN / "lakerec"), *args, "--lakehouse", lh],
+                              capture_output=True, text=True, env=job_env(), cwd=ROOT,
+                              timeout=120)
+
+    assert lakerec("broker", "status").returncode == 1
+    r = lakerec("broker", "start", "--topic", "fb")
+    assert r.returncode == 0 and "bootstrap 127.0.0.1:" in r.stdout, r.stderr
+    try:
+        again = lakerec("broker", "start")
+        pid = r.stdout.split("pid ")[1].split(",")[0]
+        assert again.returncode == 0 and f"pid {pid}," in again.stdout  # the same broker
+        logs = tmp_path / "logs" / "dt=2024-01-01"
+        logs.mkdir(parents=True)
+        (logs / "a.jsonl").write_text('{"event_id": "x", "user_id": "u1"}\nnot json\n\n')
+        r = lakerec("produce", "--topic", "fb", "--from-logs", str(tmp_path / "logs"))
+        assert r.returncode == 0 and "sent 2 records" in r.stdout, r.stderr
+        r = lakerec("produce", "--topic", "fb", "--users", "u1,u2", "--items", "i1",
+                    "--rate", "50")
+        assert r.returncode == 0 and "sent 2 records" in r.stdout, r.stderr
+        bad = lakerec("produce", "--topic", "fb", "--users", "u1")
+        assert bad.returncode == 2 and "--items or --new-cluster" in bad.stderr
+        st = broker.status(os.path.join(lh, "_broker"))
+        from kafka import KafkaConsumer, TopicPartition
+
+        c = KafkaConsumer(bootstrap_servers=st.bootstrap, enable_auto_commit=False)
+        ends = c.end_offsets([TopicPartition("fb", p) for p in (0, 1)])
+        c.close()
+        assert sum(ends.values()) == 4
+    finally:
+        r = lakerec("broker", "stop")
+    assert r.returncode == 0 and "stopped" in r.stdout
+    assert lakerec("broker", "status").returncode == 1
+    r = subprocess.run([str(VENV_BIN / "lakerec"), "stream", "--lakehouse", lh],
+                       capture_output=True, text=True, env=job_env(), cwd=ROOT, timeout=60)
+    assert r.returncode == 2 and "no local broker running" in r.stderr
+
+
+@pytest.mark.slow
+def test_stream_through_spark_submit(lh, kafka):
+    topic = topic_for(kafka, "submit")
+    users, items = known(lh)
+    p = producer(kafka)
+    for key, value in feedback.random_events(users, items, 30, seed=8, prefix="sub"):
+        p.send(topic, key=key, value=value)
+    p.flush()
+    p.close()
+    r = subprocess.run(
+        [str(VENV_BIN / "spark-submit"), "--master", "local[2]",
+         "--driver-java-options", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+         "--conf", "spark.ui.enabled=false", "jobs/stream.py", "--lakehouse", lh,
+         "--bootstrap", kafka.bootstrap, "--topic", topic, "--k", str(K), "--available-now"],
+        capture_output=True, text=True, env=job_env(), cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(stream_rows(lh)) == 30
+    assert_recommendations_are_a_fresh_fold_in(lh, sorted(set(stream_rows(lh)["user_id"]
+                                                              .to_pylist())))

@@ -1,0 +1,230 @@
+"""Pure logic of the stream: offsets, options, record splitting, fold-in and refresh."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from pipelines import als, delta, topk
+from pipelines.kafka_source import (
+    KafkaConfigError,
+    SourceOptions,
+    cap_offsets,
+    client_config,
+    parse_offsets,
+    redacted,
+)
+from pipelines.stream import CheckpointError, ServingModel, check_checkpoint, refresh, split_records
+from schemas.tables import INTERACTIONS
+
+A, B = ("t", 0), ("t", 1)
+
+
+# --------------------------------------------------------------------------- offsets
+
+
+def test_cap_takes_exactly_the_limit_shared_by_backlog():
+    end = cap_offsets({A: 0, B: 100}, {A: 300, B: 200}, 100)
+    # backlogs 300 and 100: shares 75 and 25
+    assert end == {A: 75, B: 125}
+    assert sum(end[tp] - s for tp, s in {A: 0, B: 100}.items()) == 100
+
+
+def test_cap_gives_remainders_to_the_largest_backlogs_and_never_overshoots():
+    start = {A: 0, B: 0, ("u", 0): 0}
+    end = {A: 1, B: 1, ("u", 0): 1}
+    got = cap_offsets(start, end, 2)
+    assert sum(got.values()) == 2 and all(got[tp] <= end[tp] for tp in end)
+    assert got == {A: 1, B: 1, ("u", 0): 0}  # ties by (topic, partition)
+
+
+def test_cap_without_limit_or_under_it_is_the_end():
+    assert cap_offsets({A: 5}, {A: 9}, None) == {A: 9}
+    assert cap_offsets({A: 5}, {A: 9}, 10) == {A: 9}
+    assert cap_offsets({}, {A: 9}, 3) == {A: 9}  # a partition with no start: nothing to cap
+
+
+def test_offsets_json_is_validated():
+    assert parse_offsets('{"t": {"0": 5, "1": 7}}') == {"t": {"0": 5, "1": 7}}
+    for bad in ("[1]", '{"t": 3}', '{"t": {"x": 1}}', "nope"):
+        with pytest.raises(KafkaConfigError):
+            parse_offsets(bad)
+
+
+def test_source_options():
+    o = SourceOptions.parse({"kafka.bootstrap.servers": "h:1", "subscribe": "a, b",
+                             "startingoffsets": "earliest", "maxoffsetspertrigger": "10"})
+    assert o.topics == ("a", "b") and o.starting == "earliest" and o.max_per_trigger == 10
+    assert o.fail_on_data_loss
+    for bad in ({"subscribe": "a"}, {"kafka.bootstrap.servers": "h:1"},
+                {"kafka.bootstrap.servers": "h:1", "subscribe": "a", "startingOffsets": "soon"},
+                {"kafka.bootstrap.servers": "h:1", "subscribe": "a", "maxOffsetsPerTrigger": "0"},
+                {"kafka.bootstrap.servers": "h:1", "subscribe": "a", "kafka.bogus": "1"}):
+        with pytest.raises(KafkaConfigError):
+            SourceOptions.parse(bad)
+
+
+def test_sasl_needs_mechanism_and_credentials_from_the_environment_only():
+    opts = {"kafka.bootstrap.servers": "h:9093", "kafka.security.protocol": "SASL_SSL",
+            "kafka.sasl.mechanism": "SCRAM-SHA-512", "kafka.ssl.cafile": "/ca.pem"}
+    with pytest.raises(KafkaConfigError, match="LAKEREC_KAFKA_SASL_USERNAME"):
+        client_config(opts, env={})
+    env = {"LAKEREC_KAFKA_SASL_USERNAME": "svc", "LAKEREC_KAFKA_SASL_PASSWORD": "s3cr3t!"}
+    cfg = client_config(opts, env=env)
+    assert cfg["security_protocol"] == "SASL_SSL" and cfg["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert cfg["sasl_plain_password"] == "s3cr3t!" and cfg["ssl_cafile"] == "/ca.pem"
+    assert "s3cr3t!" not in repr(redacted(cfg))
+    with pytest.raises(KafkaConfigError, match="mechanism") as e:
+        client_config({**opts, "kafka.sasl.mechanism": "GSSAPI"}, env=env)
+    assert "s3cr3t!" not in str(e.value)
+    plain = client_config({"kafka.bootstrap.servers": "a:1,b:2"}, env=env)
+    assert plain["bootstrap_servers"] == ["a:1", "b:2"] and "sasl_plain_password" not in plain
+    ssl = client_config({"kafka.bootstrap.servers": "h:1", "kafka.security.protocol": "SSL",
+                         "kafka.ssl.certfile": "/c.pem", "kafka.ssl.keyfile": "/k.pem"},
+                        env={"LAKEREC_KAFKA_SSL_KEY_PASSWORD": "kp"})
+    assert ssl["ssl_password"] == "kp" and ssl["ssl_certfile"] == "/c.pem"
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _checked(rows):
+    cols = ["event_id", "user_id", "item_id", "event_type", "value", "ts", "session_id",
+            "source", "reason", "raw_size", "ingest_source", "topic", "partition", "offset",
+            "raw_text", "raw_exact"]
+    data = {c: [r.get(c) for r in rows] for c in cols}
+    return pa.table(data, schema=pa.schema([
+        ("event_id", pa.string()), ("user_id", pa.string()), ("item_id", pa.string()),
+        ("event_type", pa.string()), ("value", pa.float64()),
+        ("ts", pa.timestamp("us", tz="UTC")), ("session_id", pa.string()),
+        ("source", pa.string()), ("reason", pa.string()), ("raw_size", pa.int64()),
+        ("ingest_source", pa.string()), ("topic", pa.string()), ("partition", pa.int32()),
+        ("offset", pa.int64()), ("raw_text", pa.string()), ("raw_exact", pa.binary())]))
+
+
+def test_split_records_dedups_by_arrival_and_recognises_its_own_replay():
+    ts = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+
+    def ev(eid, off, part=0, reason=None):
+        return {"event_id": eid, "user_id": "u", "item_id": "i", "event_type": "view", "ts": ts,
+                "reason": reason, "raw_size": 10, "topic": "t", "partition": part,
+                "offset": off, "ingest_source": f"kafka://t/{part}/{off}", "raw_text": "{}"}
+
+    rows = [ev("e2", 5), ev("e1", 1), ev("e1", 3), ev("old", 4), ev("mine", 6),
+            ev(None, 2, reason="malformed_json"), ev("e3", 0, part=1)]
+    inter, quar = split_records(_checked(rows), ingest_id="stream:q:7",
+                                known={"old": "ingest:2024-01-01:abc", "mine": "stream:q:7"},
+                                now=ts, day=ts.date())
+    assert sorted(inter["event_id"].to_pylist()) == ["e1", "e2", "e3", "mine"]
+    assert inter.filter(pa.compute.equal(inter["event_id"], "e1"))["ingest_source"] \
+        .to_pylist() == ["kafka://t/0/1"]  # the first arrival wins
+    got = dict(zip(quar["ingest_source"].to_pylist(), quar["reason"].to_pylist(), strict=True))
+    assert got == {"kafka://t/0/3": "duplicate_event_id",
+                   "kafka://t/0/4": "duplicate_already_ingested",
+                   "kafka://t/0/2": "malformed_json"}
+    assert set(quar["origin"].to_pylist()) == {"stream"}
+    assert set(inter["ingest_id"].to_pylist()) == {"stream:q:7"}
+
+
+# --------------------------------------------------------------------------- fold-in
+
+
+def _model(y, ids, *, alpha=3.0, reg=0.1, pop=None):
+    pop_ids = sorted(pop) if pop else []
+    return ServingModel(1, ids, y.astype(np.float32), als.gram(y.astype(np.float32)),
+                        {i: r for r, i in enumerate(ids)}, alpha, reg, dict(als.DEFAULT_WEIGHTS),
+                        pop_ids, np.array([[pop[i]] for i in pop_ids], np.float32).reshape(-1, 1))
+
+
+def _reference_fold_in(y, items, r, alpha, reg):
+    """Dense normal equations: (YᵀCY + λnI) x = YᵀCp over all items, p=1 on observed."""
+    c = np.ones(len(y))
+    p = np.zeros(len(y))
+    c[items] += alpha * r
+    p[items] = 1.0
+    y = y.astype(np.float64)
+    a = y.T @ (c[:, None] * y) + reg * len(items) * np.eye(y.shape[1])
+    return np.linalg.solve(a, y.T @ (c * p))
+
+
+def test_refresh_matches_a_dense_numpy_solve_and_the_brute_force_top_k():
+    rng = np.random.default_rng(4)
+    ids = [f"i{j:03d}" for j in range(60)]
+    y = rng.normal(size=(60, 6)).astype(np.float32)
+    model = _model(y, ids)
+    types = ["view", "click", "add_to_cart", "purchase"]
+    rows = [(f"u{u}", ids[rng.integers(60)], types[rng.integers(4)], None)
+            for u in range(8) for _ in range(rng.integers(1, 9))]
+    rows.append(("u3", "not-in-model", "purchase", None))  # seen, but has no factors
+    rows.append(("u5", ids[7], "rating", 4.5))
+    hist = pd.DataFrame(rows, columns=["user_id", "item_id", "event_type", "value"])
+    users = sorted(hist["user_id"].unique())
+    vectors, recs = refresh(model, hist, users, k=5)
+    for u in users:
+        h = hist[(hist.user_id == u) & hist.item_id.isin(ids)]
+        w = h.event_type.map(als.DEFAULT_WEIGHTS).where(h.event_type != "rating", h.value)
+        r = w.groupby(h.item_id).sum()
+        items = np.array([model.row[i] for i in r.index])
+        ref = _reference_fold_in(y, items, r.to_numpy(), model.alpha, model.reg)
+        np.testing.assert_allclose(vectors[u], ref, rtol=2e-4, atol=2e-5)
+        seen = [model.row[i] for i in h.item_id]
+        (best,) = topk.brute_force(vectors[u][None], y, [np.array(seen)], 5,
+                                   key=topk.order_key(ids))
+        got = [x for x in recs if x[0] == u]
+        assert [g[2] for g in got] == [ids[j] for j, _ in best]
+        assert [g[1] for g in got] == list(range(1, 6)) and {g[4] for g in got} == {"fold_in"}
+
+
+def test_refresh_tops_up_with_popular_unseen_items_and_serves_users_without_factors():
+    ids = ["a", "b", "c"]
+    y = np.eye(3, dtype=np.float32)
+    model = _model(y, ids, pop={"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6, "e": 0.5})
+    hist = pd.DataFrame([("u1", "a", "purchase", None), ("u1", "b", "view", None),
+                         ("new", "e", "view", None)],
+                        columns=["user_id", "item_id", "event_type", "value"])
+    vectors, recs = refresh(model, hist, ["u1", "new"], k=3)
+    assert set(vectors) == {"u1"}  # "new" touched only an item without factors
+    u1 = [(r[2], r[4]) for r in recs if r[0] == "u1"]
+    assert u1 == [("c", "fold_in"), ("d", "popular"), ("e", "popular")]
+    new = [(r[1], r[2], r[4]) for r in recs if r[0] == "new"]
+    assert new == [(1, "a", "popular"), (2, "b", "popular"), (3, "c", "popular")]
+
+
+def test_a_user_who_buys_from_a_new_cluster_gets_that_clusters_items():
+    # checkerboard: items 0-9 in cluster A, 10-19 in cluster B, orthogonal factors
+    ids = [f"i{j:02d}" for j in range(20)]
+    y = np.zeros((20, 2), np.float32)
+    y[:10, 0] = 1.0
+    y[10:, 1] = 1.0
+    model = _model(y, ids, alpha=10.0, reg=0.01)
+    before = pd.DataFrame([("u", ids[j], "purchase", None) for j in range(3)],
+                          columns=["user_id", "item_id", "event_type", "value"])
+    _, recs = refresh(model, before, ["u"], k=3)
+    assert all(int(r[2][1:]) < 10 for r in recs)
+    after = pd.concat([before, pd.DataFrame([("u", ids[j], "purchase", None)
+                                             for j in range(10, 16)], columns=before.columns)])
+    _, recs = refresh(model, after, ["u"], k=3)
+    assert [r[2] for r in recs] == ["i16", "i17", "i18"]  # B's unseen items, ties by id
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+
+def test_an_empty_or_older_checkpoint_is_refused_against_the_tables(tmp_path):
+    lh, cp = str(tmp_path / "lh"), tmp_path / "cp"
+    empty = pa.Table.from_pylist([], schema=INTERACTIONS.arrow_schema())
+    assert check_checkpoint(lh, "q", str(cp)) is None  # new query, no tables yet
+    delta.append_arrow(lh, INTERACTIONS, empty, txn=delta.Txn("lakerec.stream/q", 4))
+    with pytest.raises(CheckpointError, match="empty or missing"):
+        check_checkpoint(lh, "q", str(cp))
+    (cp / "offsets").mkdir(parents=True)
+    (cp / "offsets" / "2").write_text('v1\n{}\n{"t": {"0": 3}}\n')
+    with pytest.raises(CheckpointError, match="older copy"):
+        check_checkpoint(lh, "q", str(cp))
+    (cp / "offsets" / "5").write_text('v1\n{}\n{"t": {"0": 9}}\n')
+    assert check_checkpoint(lh, "q", str(cp)) == 4
+    assert check_checkpoint(lh, "other", str(tmp_path / "none")) is None
