@@ -319,8 +319,12 @@ class KafkaStreamReader(DataSourceStreamReader):
             missing = sorted(set(earliest) - set(flat))
             if missing:
                 raise KafkaConfigError(f"startingOffsets lacks partitions {missing}")
-            return nested_offsets({tp: flat[tp] for tp in earliest})
-        return nested_offsets(self._bounds(s))
+            start = {tp: flat[tp] for tp in earliest}
+        else:
+            start = self._bounds(s)
+        if self._last is None:  # a new query: the first batch is capped from here
+            self._last = dict(start)
+        return nested_offsets(start)
 
     def latestOffset(self) -> dict:  # noqa: N802 - the pyspark API
         ends = self._bounds("latest")
@@ -402,12 +406,18 @@ def read_range(part: KafkaPartition, *, chunk: int = 2000):
     schema = pa.schema([("key", pa.binary()), ("value", pa.binary()), ("topic", pa.string()),
                         ("partition", pa.int32()), ("offset", pa.int64()),
                         ("timestamp", pa.timestamp("us", tz="UTC"))])
-    # a short fetch wait: a micro-batch waits for its slowest partition's first fetch
-    c = KafkaConsumer(**part.client, enable_auto_commit=False, group_id=None,
-                      max_partition_fetch_bytes=8 << 20, fetch_max_wait_ms=100)
-    try:
+    key = (json.dumps(part.client, sort_keys=True, default=str), part.topic, part.partition)
+    c = _CONSUMERS.pop(key, None)  # taken out while in use; put back only after success
+    if c is None:
+        # a short fetch wait: a micro-batch waits for its slowest partition's first fetch
+        c = KafkaConsumer(**part.client, enable_auto_commit=False, group_id=None,
+                          max_partition_fetch_bytes=8 << 20, fetch_max_wait_ms=100)
         c.assign([tp])
         c.seek(tp, part.start)
+    elif c.position(tp) != part.start:
+        c.seek(tp, part.start)
+    ok = False
+    try:
         position = part.start
         idle_since = time.monotonic()
         cols: dict[str, list] = {n: [] for n in schema.names}
@@ -440,8 +450,18 @@ def read_range(part: KafkaPartition, *, chunk: int = 2000):
                 cols = {n: [] for n in schema.names}
         if cols["offset"]:
             yield _batch(cols, part, schema)
+        ok = True
     finally:
-        c.close()
+        if ok and len(_CONSUMERS) < 64:
+            # kept for the next batch of this partition in this Python worker: it starts
+            # where this one ended, so the consumer's prefetched records are the next ones
+            _CONSUMERS[key] = c
+        else:
+            c.close()
+
+
+# executor-side consumer cache, as Spark's own Kafka source keeps one per partition
+_CONSUMERS: dict = {}
 
 
 def _batch(cols: dict, part: KafkaPartition, schema):

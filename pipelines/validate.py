@@ -19,6 +19,8 @@ Example
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -31,34 +33,40 @@ EVENT_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "value", "ts", 
                  "source")
 
 
-def _vtype(field: Column) -> Column:
+class Field(NamedTuple):
+    """One payload field: its VARIANT value and, computed once per row, its JSON type."""
+
+    v: Column
+    t: Column  # STRING, BIGINT, DECIMAL(3,1), OBJECT<...>, VOID (JSON null); NULL if absent
+
+
+def _vtype(value: Column) -> Column:
     """The JSON type of a VARIANT value: STRING, BIGINT, DECIMAL(3,1), OBJECT<...>, VOID (null)."""
-    return F.schema_of_variant(field)
+    return F.schema_of_variant(value)
 
 
-def _is_null(field: Column) -> Column:
+def _is_null(field: Field) -> Column:
     # absent key -> SQL NULL; JSON null -> VARIANT null, whose type is VOID
-    return field.isNull() | (_vtype(field) == "VOID")
+    return field.v.isNull() | (field.t == "VOID")
 
 
-def _is_string(field: Column) -> Column:
-    return _vtype(field) == "STRING"
+def _is_string(field: Field) -> Column:
+    return field.t == "STRING"
 
 
-def _is_number(field: Column) -> Column:
-    t = _vtype(field)
-    return t.isin(*_NUMERIC[:-1]) | t.startswith("DECIMAL")
+def _is_number(field: Field) -> Column:
+    return field.t.isin(*_NUMERIC[:-1]) | field.t.startswith("DECIMAL")
 
 
-def _as_string(field: Column) -> Column:
-    return F.try_variant_get(field, "$", "string")
+def _as_string(field: Field) -> Column:
+    return F.try_variant_get(field.v, "$", "string")
 
 
-def _as_double(field: Column) -> Column:
-    return F.try_variant_get(field, "$", "double")
+def _as_double(field: Field) -> Column:
+    return F.try_variant_get(field.v, "$", "double")
 
 
-def parse_ts(field: Column) -> Column:
+def parse_ts(field: Field) -> Column:
     """Event time from an ISO-8601 string with offset, or a number of epoch milliseconds."""
     text = _as_string(field)
     iso = F.coalesce(*[F.try_to_timestamp(text, F.lit(fmt)) for fmt in _ISO_FORMATS])
@@ -80,7 +88,7 @@ def _first_failure(rules: list[tuple[Column, str]]) -> Column:
     return expr  # NULL when every rule passed
 
 
-def _string_rules(fields: dict[str, Column], name: str, *, required: bool, max_len: int,
+def _string_rules(fields: dict[str, Field], name: str, *, required: bool, max_len: int,
                   min_len: int = 1) -> list[tuple[Column, str]]:
     f = fields[name]
     present = ~_is_null(f)
@@ -94,7 +102,7 @@ def _string_rules(fields: dict[str, Column], name: str, *, required: bool, max_l
 
 
 def _parse(lines: DataFrame, raw_col: str, names: tuple[str, ...]
-           ) -> tuple[DataFrame, dict[str, Column], list[tuple[Column, str]]]:
+           ) -> tuple[DataFrame, dict[str, Field], list[tuple[Column, str]]]:
     """Parse each payload once into a VARIANT and pull out ``names``.
 
     Returns the frame (with ``raw_size`` and one ``_f_<name>`` column per field), the field
@@ -108,14 +116,19 @@ def _parse(lines: DataFrame, raw_col: str, names: tuple[str, ...]
         .withColumn("raw_size", size.cast("long"))
     for n in names:  # one column each, so later rules reuse them instead of re-extracting
         df = df.withColumn(f"_f_{n}", F.variant_get(F.col("_v"), f"$.{n}", "variant"))
+    # Types in a projection of their own: the rules test them dozens of times per row, and
+    # Spark does not collapse a projection whose costly outputs are used more than once.
+    df = df.withColumn("_vt", _vtype(F.col("_v")))
+    for n in names:
+        df = df.withColumn(f"_t_{n}", _vtype(F.col(f"_f_{n}")))
     rules = [
         (raw.isNull() | (size == 0), "empty_payload"),
         (size > limit, "oversized"),
         (~utf8, "invalid_utf8"),
         (F.col("_v").isNull(), "malformed_json"),
-        (~_vtype(F.col("_v")).startswith("OBJECT"), "not_an_object"),
+        (~F.col("_vt").startswith("OBJECT"), "not_an_object"),
     ]
-    return df, {n: F.col(f"_f_{n}") for n in names}, rules
+    return df, {n: Field(F.col(f"_f_{n}"), F.col(f"_t_{n}")) for n in names}, rules
 
 
 def check_events(lines: DataFrame, *, max_ts: Column, raw_col: str = "raw") -> DataFrame:

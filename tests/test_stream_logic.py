@@ -228,3 +228,45 @@ def test_an_empty_or_older_checkpoint_is_refused_against_the_tables(tmp_path):
     (cp / "offsets" / "5").write_text('v1\n{}\n{"t": {"0": 9}}\n')
     assert check_checkpoint(lh, "q", str(cp)) == 4
     assert check_checkpoint(lh, "other", str(tmp_path / "none")) is None
+
+
+class _Reader:
+    """The reader's planning logic against fixed broker offsets (no broker needed)."""
+
+    def __init__(self, earliest, latest, **opts):
+        from pipelines.kafka_source import KafkaStreamReader
+
+        self.r = KafkaStreamReader(SourceOptions.parse(
+            {"kafka.bootstrap.servers": "h:1", "subscribe": "t", **opts}))
+        self.bounds = {"earliest": earliest, "latest": latest}
+        self.r._bounds = lambda which: dict(self.bounds[which])
+
+
+def test_reader_caps_batches_and_adds_new_partitions_from_their_earliest_offset():
+    f = _Reader({A: 0, B: 0}, {A: 50, B: 10}, maxOffsetsPerTrigger="20",
+                startingOffsets="earliest")
+    start = f.r.initialOffset()
+    assert start == {"t": {"0": 0, "1": 0}}
+    first = f.r.latestOffset()
+    assert first == {"t": {"0": 17, "1": 3}}  # 20 shared 50:10, remainder to the larger
+    parts = f.r.partitions(start, first)
+    assert [(p.partition, p.start, p.end) for p in parts] == [(0, 0, 17), (1, 0, 3)]
+    f.bounds["latest"][("t", 2)] = 4
+    f.bounds["earliest"][("t", 2)] = 1
+    # backlogs 33, 7 and 3 (the new partition from its earliest offset, 1): 20 shared
+    assert f.r.latestOffset() == {"t": {"0": 33, "1": 6, "2": 2}}
+
+
+def test_reader_refuses_offsets_the_broker_no_longer_has_unless_told_to_skip():
+    from pipelines.kafka_source import OffsetOutOfRangeError
+
+    f = _Reader({A: 30, B: 0}, {A: 60, B: 5})
+    with pytest.raises(OffsetOutOfRangeError, match="t/0 offsets 10..29"):
+        f.r.partitions({"t": {"0": 10, "1": 0}}, {"t": {"0": 60, "1": 5}})
+    f = _Reader({A: 30, B: 0}, {A: 60, B: 5}, failOnDataLoss="false")
+    parts = f.r.partitions({"t": {"0": 10, "1": 0}}, {"t": {"0": 60, "1": 5}})
+    assert [(p.partition, p.start, p.end) for p in parts] == [(0, 30, 60), (1, 0, 5)]
+    # end offsets that went back (a broker that lost its data) are refused too
+    f = _Reader({A: 0, B: 0}, {A: 3, B: 5}, **{"lakerec.resumeOffsets": '{"t": {"0": 9, "1": 5}}'})
+    with pytest.raises(OffsetOutOfRangeError, match="went back"):
+        f.r.latestOffset()
