@@ -18,18 +18,40 @@ ALS_MODEL = "lakerec-als"
 CHAMPION = "champion"
 
 
+_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 def tracking_uri(lakehouse: str) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or \
         f"sqlite:///{os.path.join(os.path.abspath(lakehouse), 'mlflow.db')}"
+
+
+def use(lakehouse: str) -> str:
+    """Point mlflow's current tracking and registry stores at the lakehouse's; returns the URI.
+
+    The process environment is left as it was: mlflow.set_tracking_uri() exports the URI to
+    ``MLFLOW_TRACKING_URI``, which would pin every later lakehouse of this process to the
+    first one's store.
+    """
+    import mlflow
+
+    uri = tracking_uri(lakehouse)
+    before = {v: os.environ.get(v) for v in _URI_VARS}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for v, old in before.items():
+        if old is None:
+            os.environ.pop(v, None)
+        else:
+            os.environ[v] = old
+    return uri
 
 
 def client(lakehouse: str):
     """An ``MlflowClient`` on the lakehouse's store (also set as mlflow's current store)."""
     import mlflow
 
-    uri = tracking_uri(lakehouse)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    uri = use(lakehouse)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

@@ -257,7 +257,7 @@ def train(spark, lakehouse: str, params: TrainParams, *,
 
         counts = {"events": events.count(), "train_pairs": n_train,
                   "eval_users": scores["users"], "items_with_factors": len(item_ids)}
-        mlflow.set_tracking_uri(tracking.tracking_uri(lakehouse))
+        tracking.use(lakehouse)
         with mlflow.start_run(experiment_id=tracking.experiment_id(lakehouse),
                               run_name=f"als-{as_of}") as run:
             mlflow.log_params({

@@ -146,3 +146,16 @@ def test_exactly_k_unless_the_unseen_catalog_is_smaller(spark, trained):
     got = recs.groupBy("user_id").count().withColumnRenamed("count", "n")
     assert unseen.join(got, "user_id").where("n != count").count() == 0
     assert got.count() == unseen.count()
+
+
+def test_each_lakehouse_keeps_its_own_mlflow_store(tmp_path, monkeypatch):
+    # mlflow.set_tracking_uri() exports the URI to the environment; it must not leak from
+    # one lakehouse to the next in the same process
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    tracking.use(a)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert tracking.tracking_uri(b).endswith(os.path.join("b", "mlflow.db"))
+    assert tracking.client(b).tracking_uri == tracking.tracking_uri(b)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/mlflow.db")
+    assert tracking.tracking_uri(a) == "sqlite:////elsewhere/mlflow.db"  # the user's wins
