@@ -225,8 +225,13 @@ class SourceOptions:
         lost = low.get("failondataloss", "true").lower()
         if lost not in ("true", "false"):
             raise KafkaConfigError("failOnDataLoss must be true or false")
-        resume = parse_offsets(low["lakerec.resumeoffsets"]) \
-            if low.get("lakerec.resumeoffsets") else None
+        resume_text = low.get("lakerec.resumeoffsets", "").strip()
+        # offset JSON: where the checkpoint's last batch ended (a restart); "starting": a new
+        # query, whose first batch starts at startingOffsets. Spark asks a Python source for
+        # its latest offset before its initial one, so the cap needs to be told where the
+        # first batch starts.
+        resume: dict | str | None = resume_text if resume_text == "starting" else \
+            parse_offsets(resume_text) if resume_text else None
         client = {k: v for k, v in low.items() if k.startswith("kafka.")}
         client_config(client)  # fail early, on the driver, with a clear message
         return cls(topics, starting, max_per, lost == "true", poll,
@@ -271,8 +276,9 @@ class KafkaStreamReader(DataSourceStreamReader):
         self.options = options
         self._client = client_config(options.raw)
         self._consumer = None
-        self._last: dict[tuple[str, int], int] | None = flat_offsets(options.resume) \
-            if options.resume else None
+        self._last: dict[tuple[str, int], int] | None = \
+            flat_offsets(options.resume) if isinstance(options.resume, dict) else None
+        self._new_query = options.resume == "starting"
 
     # -- broker metadata (driver) --------------------------------------------------------
     def _metadata_consumer(self):
@@ -311,7 +317,7 @@ class KafkaStreamReader(DataSourceStreamReader):
         return {(tp.topic, tp.partition): int(o) for tp, o in got.items()}
 
     # -- the DataSourceStreamReader protocol ---------------------------------------------
-    def initialOffset(self) -> dict:  # noqa: N802 - the pyspark API
+    def _starting(self) -> dict[tuple[str, int], int]:
         s = self.options.starting
         if isinstance(s, dict):
             earliest = self._bounds("earliest")
@@ -319,14 +325,19 @@ class KafkaStreamReader(DataSourceStreamReader):
             missing = sorted(set(earliest) - set(flat))
             if missing:
                 raise KafkaConfigError(f"startingOffsets lacks partitions {missing}")
-            start = {tp: flat[tp] for tp in earliest}
-        else:
-            start = self._bounds(s)
+            return {tp: flat[tp] for tp in earliest}
+        return self._bounds(s)
+
+    def initialOffset(self) -> dict:  # noqa: N802 - the pyspark API
+        start = self._starting()
         if self._last is None:  # a new query: the first batch is capped from here
             self._last = dict(start)
         return nested_offsets(start)
 
     def latestOffset(self) -> dict:  # noqa: N802 - the pyspark API
+        if self._last is None and self._new_query:
+            # Spark calls this before initialOffset(): cap the first batch from the start
+            self._last = self._starting()
         ends = self._bounds("latest")
         start = dict(self._last) if self._last is not None else None
         if start is not None:

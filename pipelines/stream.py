@@ -196,20 +196,8 @@ def refresh(model: ServingModel, history, users: list[str], *, k: int
     vectors: dict[str, np.ndarray] = {}
     sel = known & (r > 0)
     if sel.any():
-        uc, it, c1 = code[sel], row[sel], model.alpha * r[sel]  # c_ui - 1 = α r_ui
-        bounds = np.searchsorted(uc, np.arange(len(users) + 1))
-        has = np.flatnonzero(np.diff(bounds) > 0)
-        rank = model.y.shape[1]
-        a = np.empty((has.size, rank, rank))
-        b = np.empty((has.size, rank))
-        eye = np.eye(rank)
-        y64 = model.y.astype(np.float64, copy=False)
-        for j, u in enumerate(has):
-            s0, s1 = bounds[u], bounds[u + 1]
-            yu = y64[it[s0:s1]]
-            a[j] = model.yty + (yu.T * c1[s0:s1]) @ yu + model.reg * (s1 - s0) * eye
-            b[j] = yu.T @ (1.0 + c1[s0:s1])
-        x = np.linalg.solve(a, b[..., None])[..., 0].astype(np.float32)
+        has, x = als.fold_in_many(model.y, model.yty, code[sel], row[sel],
+                                  model.alpha * r[sel], len(users), reg=model.reg)
         vectors = {users[u]: x[j] for j, u in enumerate(has)}
 
     out: list[tuple] = []
@@ -258,6 +246,9 @@ def split_records(checked, *, ingest_id: str, known: Mapping[str, str], now: _dt
     known : {event_id: ingest_id}
         Ids already in ``interactions`` with the write that added them. Ids added by
         ``ingest_id`` itself (a replayed batch) are not duplicates.
+    now : datetime
+        Processing time: the future-skew bound of records without a broker timestamp
+        (validation bounds the others by their broker time).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -266,9 +257,15 @@ def split_records(checked, *, ingest_id: str, known: Mapping[str, str], now: _dt
                          ("offset", "ascending")])
     reason = t["reason"].to_pylist()
     ids = t["event_id"].to_pylist()
+    no_broker_ts = t["kafka_ts"].is_null().to_pylist() if "kafka_ts" in t.column_names \
+        else [False] * t.num_rows
+    latest = now + _dt.timedelta(hours=EVENT_RULES.max_future_skew_hours)
     first_seen: set[str] = set()
     for j, (rsn, eid) in enumerate(zip(reason, ids, strict=True)):
         if rsn is not None:
+            continue
+        if no_broker_ts[j] and t["ts"][j].as_py() > latest:
+            reason[j] = "ts_out_of_range"
             continue
         if eid in first_seen:  # first arrival wins
             reason[j] = "duplicate_event_id"
@@ -381,6 +378,7 @@ class StreamContext:
     checkpoint: str | None = None
     model: ServingModel | None = None
     model_checked: float = 0.0
+    checker: object = None  # record_checker(), built on the first batch
     reports: list = field(default_factory=list)
     stop_requested: threading.Event = field(default_factory=threading.Event)
     busy: threading.Lock = field(default_factory=threading.Lock)
@@ -396,25 +394,33 @@ class StreamContext:
         return self.model
 
 
-def _checked_records(df):
-    """Spark: validate a micro-batch of Kafka records (same rules as ``ingest``)."""
+def record_checker():
+    """Spark: a function validating a micro-batch of Kafka records (same rules as ``ingest``).
+
+    The expressions are built once per query and applied to every batch: building them
+    costs hundreds of JVM calls (0.5-1 s a batch when rebuilt each time).
+    """
     from pyspark.sql import functions as F
 
     from pipelines import validate
 
-    lines = df.select(
-        F.col("value").alias("raw"), "topic", "partition", "offset",
+    lines = [
+        F.col("value").alias("raw"), F.col("topic"), F.col("partition"), F.col("offset"),
         F.col("timestamp").alias("kafka_ts"),
         F.concat(F.lit("kafka://"), "topic", F.lit("/"), F.col("partition").cast("string"),
-                 F.lit("/"), F.col("offset").cast("string")).alias("ingest_source"))
-    # the future-skew bound uses the record's broker time, so a replay decides the same way
+                 F.lit("/"), F.col("offset").cast("string")).alias("ingest_source")]
+    # The future-skew bound uses the record's broker time, so a replay decides the same way.
+    # Records without one (pre-0.10 message format) are bounded by split_records: a
+    # current_timestamp() here would be a new literal in the generated code every batch,
+    # and recompiling it costs a third of a second per batch.
     max_ts = F.timestamp_add("HOUR", F.lit(EVENT_RULES.max_future_skew_hours),
-                             F.coalesce(F.col("kafka_ts"), F.current_timestamp()))
-    checked = validate.check_events(lines, max_ts=max_ts)
+                             F.col("kafka_ts"))
+    check = validate.event_checker(max_ts=max_ts)
     text, exact = validate.payload_columns("raw")
-    return checked.select(*_EVENT_FIELDS, "reason", "raw_size", "ingest_source", "topic",
-                          "partition", "offset", "kafka_ts", text.alias("raw_text"),
-                          exact.alias("raw_exact"))
+    out = [*(F.col(c) for c in (*_EVENT_FIELDS, "reason", "raw_size", "ingest_source", "topic",
+                                "partition", "offset", "kafka_ts")),
+           text.alias("raw_text"), exact.alias("raw_exact")]
+    return lambda df: check(df.select(*lines)).select(*out)
 
 
 def _quantiles(values) -> dict:
@@ -442,7 +448,9 @@ def process_batch(ctx: StreamContext, df, batch_id: int) -> BatchReport:
         rep.phases[name] = round(now_ - mark[0], 3)
         mark[0] = now_
 
-    checked = _checked_records(df).toArrow()
+    if ctx.checker is None:
+        ctx.checker = record_checker()
+    checked = ctx.checker(df).toArrow()
     lap("read+validate")
     rep.records = checked.num_rows
     if rep.records == 0:
@@ -580,13 +588,20 @@ def start_query(spark, ctx: StreamContext, *, source_options: Mapping[str, str],
 
     check_checkpoint(ctx.lakehouse, ctx.query, checkpoint)
     ctx.checkpoint = checkpoint
+    # before the first batch, so that it is not slower than the rest: the serving model,
+    # the compiled kernel, the validation expressions
+    model = ctx.serving_model()
+    if model.index is not None:
+        topk.topk_block(model.y[:1], model.index, [np.zeros(0, np.int64)], 1)
+    ctx.checker = record_checker()
     spark.dataSource.register(KafkaSource)
     _, resume = latest_checkpoint_offsets(checkpoint)
     reader = spark.readStream.format(KafkaSource.name())
     for k, v in source_options.items():
         reader = reader.option(k, str(v))
-    if resume:  # where the last batch ended: the rate limit's starting point after a restart
-        reader = reader.option("lakerec.resumeOffsets", resume)
+    # where the last batch ended (the rate limit's starting point after a restart), or that
+    # this is a new query, whose first batch starts at startingOffsets
+    reader = reader.option("lakerec.resumeOffsets", resume or "starting")
 
     def on_batch(df, batch_id):
         with ctx.busy:

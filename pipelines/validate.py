@@ -101,26 +101,46 @@ def _string_rules(fields: dict[str, Field], name: str, *, required: bool, max_le
     return rules
 
 
-def _parse(lines: DataFrame, raw_col: str, names: tuple[str, ...]
-           ) -> tuple[DataFrame, dict[str, Field], list[tuple[Column, str]]]:
+class Checker(NamedTuple):
+    """Validation expressions built once, applied to any number of DataFrames.
+
+    Building the expressions costs hundreds of JVM calls, and adding them one ``withColumn``
+    at a time re-analyses the plan each time; a stream validates every micro-batch, so it
+    builds a checker once and applies it per batch (four projections and a select).
+    """
+
+    stages: tuple[dict[str, Column], ...]  # added in order, each with one withColumns
+    out: tuple[Column, ...]  # selected after the input's own columns
+
+    def __call__(self, lines: DataFrame) -> DataFrame:
+        df = lines
+        for stage in self.stages:
+            df = df.withColumns(stage)
+        return df.select(*lines.columns, *self.out)
+
+
+def _parse(raw_col: str, names: tuple[str, ...]
+           ) -> tuple[list[dict[str, Column]], dict[str, Field], list[tuple[Column, str]]]:
     """Parse each payload once into a VARIANT and pull out ``names``.
 
-    Returns the frame (with ``raw_size`` and one ``_f_<name>`` column per field), the field
-    columns, and the payload-level rules every record is checked against first.
+    Returns the projections that add ``_v``, ``raw_size`` and one ``_f_<name>`` / ``_t_<name>``
+    column per field, the field columns, and the payload-level rules every record is checked
+    against first.
     """
     raw = F.col(raw_col)
     text, size = _payload(raw)
     utf8 = F.is_valid_utf8(text)
     limit = EVENT_RULES.max_payload_bytes
-    df = lines.withColumn("_v", F.when((size <= limit) & utf8, F.try_parse_json(text))) \
-        .withColumn("raw_size", size.cast("long"))
-    for n in names:  # one column each, so later rules reuse them instead of re-extracting
-        df = df.withColumn(f"_f_{n}", F.variant_get(F.col("_v"), f"$.{n}", "variant"))
-    # Types in a projection of their own: the rules test them dozens of times per row, and
-    # Spark does not collapse a projection whose costly outputs are used more than once.
-    df = df.withColumn("_vt", _vtype(F.col("_v")))
-    for n in names:
-        df = df.withColumn(f"_t_{n}", _vtype(F.col(f"_f_{n}")))
+    stages = [
+        {"_v": F.when((size <= limit) & utf8, F.try_parse_json(text)),
+         "raw_size": size.cast("long")},
+        # one column each, so later rules reuse them instead of re-extracting
+        {f"_f_{n}": F.variant_get(F.col("_v"), f"$.{n}", "variant") for n in names},
+        # Types in a projection of their own: the rules test them dozens of times per row,
+        # and Spark does not collapse a projection whose costly outputs are used more than
+        # once.
+        {"_vt": _vtype(F.col("_v")), **{f"_t_{n}": _vtype(F.col(f"_f_{n}")) for n in names}},
+    ]
     rules = [
         (raw.isNull() | (size == 0), "empty_payload"),
         (size > limit, "oversized"),
@@ -128,27 +148,13 @@ def _parse(lines: DataFrame, raw_col: str, names: tuple[str, ...]
         (F.col("_v").isNull(), "malformed_json"),
         (~F.col("_vt").startswith("OBJECT"), "not_an_object"),
     ]
-    return df, {n: Field(F.col(f"_f_{n}"), F.col(f"_t_{n}")) for n in names}, rules
+    return stages, {n: Field(F.col(f"_f_{n}"), F.col(f"_t_{n}")) for n in names}, rules
 
 
-def check_events(lines: DataFrame, *, max_ts: Column, raw_col: str = "raw") -> DataFrame:
-    """Parse and check every payload; add ``reason`` (NULL = valid) and the typed event columns.
-
-    Parameters
-    ----------
-    lines : DataFrame
-        A ``raw`` column (string or binary) plus any lineage columns, which are kept.
-    max_ts : Column
-        Latest acceptable event time (events further in the future are ``ts_out_of_range``).
-
-    Returns
-    -------
-    DataFrame
-        ``lines``' columns, the :data:`EVENT_COLUMNS` (NULL where unreadable), ``raw_size``
-        and ``reason``.
-    """
+def event_checker(*, max_ts: Column, raw_col: str = "raw") -> Checker:
+    """The event rules as a reusable :class:`Checker` (see :func:`check_events`)."""
     r = EVENT_RULES
-    df, fields, rules = _parse(lines, raw_col, EVENT_COLUMNS)
+    stages, fields, rules = _parse(raw_col, EVENT_COLUMNS)
     event_type = _as_string(fields["event_type"])
     value = _as_double(fields["value"])
     ts = parse_ts(fields["ts"])
@@ -167,9 +173,8 @@ def check_events(lines: DataFrame, *, max_ts: Column, raw_col: str = "raw") -> D
     rules.append(((ts < F.lit(r.min_ts).cast("timestamp")) | (ts > max_ts), "ts_out_of_range"))
     for n in r.optional_strings:
         rules += _string_rules(fields, n, required=False, max_len=128, min_len=0)
-
-    out = df.withColumn("reason", _first_failure(rules)).select(
-        *lines.columns,
+    stages.append({"reason": _first_failure(rules)})
+    return Checker(tuple(stages), (
         F.when(_is_string(fields["event_id"]), _as_string(fields["event_id"])).alias("event_id"),
         _as_string(fields["user_id"]).alias("user_id"),
         _as_string(fields["item_id"]).alias("item_id"),
@@ -178,10 +183,28 @@ def check_events(lines: DataFrame, *, max_ts: Column, raw_col: str = "raw") -> D
         ts.alias("ts"),
         _as_string(fields["session_id"]).alias("session_id"),
         _as_string(fields["source"]).alias("source"),
-        "raw_size",
-        "reason",
-    )
-    return out
+        F.col("raw_size"),
+        F.col("reason"),
+    ))
+
+
+def check_events(lines: DataFrame, *, max_ts: Column, raw_col: str = "raw") -> DataFrame:
+    """Parse and check every payload; add ``reason`` (NULL = valid) and the typed event columns.
+
+    Parameters
+    ----------
+    lines : DataFrame
+        A ``raw`` column (string or binary) plus any lineage columns, which are kept.
+    max_ts : Column
+        Latest acceptable event time (events further in the future are ``ts_out_of_range``).
+
+    Returns
+    -------
+    DataFrame
+        ``lines``' columns, the :data:`EVENT_COLUMNS` (NULL where unreadable), ``raw_size``
+        and ``reason``.
+    """
+    return event_checker(max_ts=max_ts, raw_col=raw_col)(lines)
 
 
 def check_catalog(lines: DataFrame, *, raw_col: str = "raw") -> DataFrame:
@@ -189,8 +212,8 @@ def check_catalog(lines: DataFrame, *, raw_col: str = "raw") -> DataFrame:
     from schemas import catalog_json_schema
 
     props = catalog_json_schema()["properties"]
-    df, fields, rules = _parse(lines, raw_col, ("item_id", "title", "description", "category",
-                                                "created_at"))
+    stages, fields, rules = _parse(raw_col, ("item_id", "title", "description", "category",
+                                             "created_at"))
     created = parse_ts(fields["created_at"])
     rules += _string_rules(fields, "item_id", required=True, max_len=props["item_id"]["maxLength"])
     rules += _string_rules(fields, "title", required=True, max_len=props["title"]["maxLength"])
@@ -198,14 +221,14 @@ def check_catalog(lines: DataFrame, *, raw_col: str = "raw") -> DataFrame:
         rules += _string_rules(fields, n, required=False, max_len=props[n]["maxLength"],
                                min_len=0)
     rules.append((~_is_null(fields["created_at"]) & created.isNull(), "bad_timestamp"))
-    return df.withColumn("reason", _first_failure(rules)).select(
-        *lines.columns,
+    stages.append({"reason": _first_failure(rules)})
+    return Checker(tuple(stages), (
         *[_as_string(fields[n]).alias(n) for n in ("item_id", "title", "description",
                                                    "category")],
         created.alias("created_at"),
-        "raw_size",
-        "reason",
-    )
+        F.col("raw_size"),
+        F.col("reason"),
+    ))(lines)
 
 
 def payload_columns(raw_col: str = "raw") -> tuple[Column, Column]:

@@ -29,6 +29,25 @@ def test_fold_in_solves_the_dense_normal_equations():
                            reg=0.1).any()
 
 
+def test_fold_in_many_matches_the_dense_solve_of_every_user():
+    rng = np.random.default_rng(1)
+    Y = rng.standard_normal((300, 6))
+    # users with 1 to 120 items, one without any, in blocks small enough to split the run
+    codes, items, r = [], [], []
+    for u, n in enumerate([5, 0, 1, 120, 17, 17, 60, 2]):
+        codes += [u] * n
+        items += sorted(rng.choice(300, n, replace=False).tolist())
+        r += rng.uniform(0.5, 9.0, n).tolist()
+    codes, items, r = np.array(codes), np.array(items), np.array(r)
+    users, x = als.fold_in_many(Y, als.gram(Y), codes, items, 3.0 * r, 8, reg=0.1,
+                                budget=2000)
+    assert users.tolist() == [0, 2, 3, 4, 5, 6, 7]
+    for u, got in zip(users, x, strict=True):
+        mine = codes == u
+        np.testing.assert_allclose(got, reference_fold_in(Y, items[mine], r[mine], 3.0, 0.1),
+                                   rtol=1e-4, atol=1e-6)
+
+
 def test_confidence_sums_event_weights(spark):
     rows = [("u", "a", "view", None), ("u", "a", "click", None), ("u", "a", "purchase", 9.9),
             ("u", "b", "rating", 4.5), ("u", "c", "view", None), ("v", "a", "view", None)]

@@ -95,7 +95,7 @@ def test_sasl_needs_mechanism_and_credentials_from_the_environment_only():
 def _checked(rows):
     cols = ["event_id", "user_id", "item_id", "event_type", "value", "ts", "session_id",
             "source", "reason", "raw_size", "ingest_source", "topic", "partition", "offset",
-            "raw_text", "raw_exact"]
+            "kafka_ts", "raw_text", "raw_exact"]
     data = {c: [r.get(c) for r in rows] for c in cols}
     return pa.table(data, schema=pa.schema([
         ("event_id", pa.string()), ("user_id", pa.string()), ("item_id", pa.string()),
@@ -103,29 +103,34 @@ def _checked(rows):
         ("ts", pa.timestamp("us", tz="UTC")), ("session_id", pa.string()),
         ("source", pa.string()), ("reason", pa.string()), ("raw_size", pa.int64()),
         ("ingest_source", pa.string()), ("topic", pa.string()), ("partition", pa.int32()),
-        ("offset", pa.int64()), ("raw_text", pa.string()), ("raw_exact", pa.binary())]))
+        ("offset", pa.int64()), ("kafka_ts", pa.timestamp("us", tz="UTC")),
+        ("raw_text", pa.string()), ("raw_exact", pa.binary())]))
 
 
 def test_split_records_dedups_by_arrival_and_recognises_its_own_replay():
     ts = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
-    def ev(eid, off, part=0, reason=None):
-        return {"event_id": eid, "user_id": "u", "item_id": "i", "event_type": "view", "ts": ts,
+    def ev(eid, off, part=0, reason=None, at=ts, kafka_ts=ts):
+        return {"event_id": eid, "user_id": "u", "item_id": "i", "event_type": "view", "ts": at,
                 "reason": reason, "raw_size": 10, "topic": "t", "partition": part,
-                "offset": off, "ingest_source": f"kafka://t/{part}/{off}", "raw_text": "{}"}
+                "offset": off, "ingest_source": f"kafka://t/{part}/{off}", "raw_text": "{}",
+                "kafka_ts": kafka_ts}
 
+    later = ts + dt.timedelta(days=30)  # beyond the future-skew bound of `now`
     rows = [ev("e2", 5), ev("e1", 1), ev("e1", 3), ev("old", 4), ev("mine", 6),
-            ev(None, 2, reason="malformed_json"), ev("e3", 0, part=1)]
+            ev(None, 2, reason="malformed_json"), ev("e3", 0, part=1),
+            # no broker time: bounded by processing time here, not by validation
+            ev("future", 7, at=later, kafka_ts=None), ev("now", 8, kafka_ts=None)]
     inter, quar = split_records(_checked(rows), ingest_id="stream:q:7",
                                 known={"old": "ingest:2024-01-01:abc", "mine": "stream:q:7"},
                                 now=ts, day=ts.date())
-    assert sorted(inter["event_id"].to_pylist()) == ["e1", "e2", "e3", "mine"]
+    assert sorted(inter["event_id"].to_pylist()) == ["e1", "e2", "e3", "mine", "now"]
     assert inter.filter(pa.compute.equal(inter["event_id"], "e1"))["ingest_source"] \
         .to_pylist() == ["kafka://t/0/1"]  # the first arrival wins
     got = dict(zip(quar["ingest_source"].to_pylist(), quar["reason"].to_pylist(), strict=True))
     assert got == {"kafka://t/0/3": "duplicate_event_id",
                    "kafka://t/0/4": "duplicate_already_ingested",
-                   "kafka://t/0/2": "malformed_json"}
+                   "kafka://t/0/2": "malformed_json", "kafka://t/0/7": "ts_out_of_range"}
     assert set(quar["origin"].to_pylist()) == {"stream"}
     assert set(inter["ingest_id"].to_pylist()) == {"stream:q:7"}
 
@@ -255,6 +260,19 @@ def test_reader_caps_batches_and_adds_new_partitions_from_their_earliest_offset(
     f.bounds["earliest"][("t", 2)] = 1
     # backlogs 33, 7 and 3 (the new partition from its earliest offset, 1): 20 shared
     assert f.r.latestOffset() == {"t": {"0": 33, "1": 6, "2": 2}}
+
+
+def test_a_new_querys_first_batch_is_capped_in_the_order_spark_asks():
+    # Spark asks a Python source for latestOffset() before initialOffset()
+    f = _Reader({A: 5, B: 0}, {A: 50, B: 10}, maxOffsetsPerTrigger="20",
+                startingOffsets="earliest", **{"lakerec.resumeOffsets": "starting"})
+    first = f.r.latestOffset()
+    assert first == {"t": {"0": 22, "1": 3}}  # backlogs 45 and 10 from the earliest offsets
+    assert f.r.initialOffset() == {"t": {"0": 5, "1": 0}}
+    assert f.r.latestOffset() == {"t": {"0": 38, "1": 7}}  # backlogs 28 and 7
+    # not told where the first batch starts (a checkpoint may exist): not capped
+    assert _Reader({A: 5, B: 0}, {A: 50, B: 10}, maxOffsetsPerTrigger="20",
+                   startingOffsets="earliest").r.latestOffset() == {"t": {"0": 50, "1": 10}}
 
 
 def test_reader_refuses_offsets_the_broker_no_longer_has_unless_told_to_skip():
