@@ -257,14 +257,16 @@ def split_records(checked, *, ingest_id: str, known: Mapping[str, str], now: _dt
                          ("offset", "ascending")])
     reason = t["reason"].to_pylist()
     ids = t["event_id"].to_pylist()
-    no_broker_ts = t["kafka_ts"].is_null().to_pylist() if "kafka_ts" in t.column_names \
-        else [False] * t.num_rows
-    latest = now + _dt.timedelta(hours=EVENT_RULES.max_future_skew_hours)
+    latest = pa.scalar(now + _dt.timedelta(hours=EVENT_RULES.max_future_skew_hours),
+                       t.schema.field("ts").type)
+    # records without a broker time, which validation could not bound: bounded by `now`
+    too_late = pc.fill_null(pc.and_(pc.is_null(t["kafka_ts"]), pc.greater(t["ts"], latest)),
+                            False).to_pylist()
     first_seen: set[str] = set()
     for j, (rsn, eid) in enumerate(zip(reason, ids, strict=True)):
         if rsn is not None:
             continue
-        if no_broker_ts[j] and t["ts"][j].as_py() > latest:
+        if too_late[j]:
             reason[j] = "ts_out_of_range"
             continue
         if eid in first_seen:  # first arrival wins
@@ -378,7 +380,7 @@ class StreamContext:
     checkpoint: str | None = None
     model: ServingModel | None = None
     model_checked: float = 0.0
-    checker: object = None  # record_checker(), built on the first batch
+    checker: object = None  # record_checker(), built by start_query (or the first batch)
     reports: list = field(default_factory=list)
     stop_requested: threading.Event = field(default_factory=threading.Event)
     busy: threading.Lock = field(default_factory=threading.Lock)
