@@ -1,13 +1,15 @@
 # lakerec: the two set-up commands of the README.
-#   make demo   installs everything into .venv and runs the whole loop on the embedded defaults
-#   make test   installs everything into .venv and runs the full test suite (what CI runs)
+#   make demo   installs everything into .venv, builds the ONNX encoder, runs the whole loop
+#   make test   installs everything into .venv, builds the ONNX encoder, runs the full test suite
+#               (what CI runs)
 
 PYTHON ?= python3
 VENV   ?= .venv
 
 AIRFLOW_VENV ?= .venv-airflow
+ENCODER      ?= models/build/minilm
 
-.PHONY: setup airflow-venv package demo test lint clean
+.PHONY: setup airflow-venv models package demo test lint clean
 
 setup: $(VENV)/.installed
 
@@ -15,7 +17,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	@echo "installing lakerec and its dependencies into $(VENV) (log: $(VENV)/install.log)"
 	@$(PYTHON) -m venv $(VENV)
 	@{ $(VENV)/bin/python -m pip install --upgrade pip && \
-	   $(VENV)/bin/python -m pip install -e '.[dev]'; } > $(VENV)/install.log 2>&1 || \
+	   $(VENV)/bin/python -m pip install -e '.[dev,export]'; } > $(VENV)/install.log 2>&1 || \
 	 { tail -40 $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
 	@touch $@
 
@@ -31,17 +33,24 @@ $(AIRFLOW_VENV)/.installed: airflow/requirements.txt
 	 { tail -40 $(AIRFLOW_VENV)/install.log; echo "install failed: see $(AIRFLOW_VENV)/install.log"; exit 1; }
 	@touch $@
 
+# The text encoder: MiniLM exported to ONNX (fp32 + int8) and self-checked; built, not committed.
+models: $(ENCODER)/manifest.json
+
+$(ENCODER)/manifest.json: models/export_minilm.py $(VENV)/.installed
+	@echo "exporting the MiniLM encoder to ONNX into $(ENCODER)"
+	@$(VENV)/bin/python models/export_minilm.py --out $(ENCODER)
+
 package: setup
 	$(VENV)/bin/lakerec package --out dist
 
-demo: setup
+demo: setup models
 	$(VENV)/bin/lakerec demo
 
-test: setup airflow-venv
+test: setup airflow-venv models
 	$(VENV)/bin/python -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check pipelines jobs schemas tests
+	$(VENV)/bin/ruff check pipelines jobs schemas tests models bench
 
 clean:
-	rm -rf $(VENV) $(AIRFLOW_VENV) dist lakehouse .pytest_cache
+	rm -rf $(VENV) $(AIRFLOW_VENV) dist lakehouse .pytest_cache models/build

@@ -10,6 +10,7 @@ COMMANDS = {
     "import-movielens": ("jobs.import_movielens", "MovieLens files into the landing zone"),
     "ingest": ("jobs.ingest", "validate and load one day of logs (and the catalog)"),
     "train": ("jobs.train", "implicit ALS, holdout evaluation, MLflow, champion alias"),
+    "embed": ("jobs.embed", "item text -> ONNX embeddings, similar items, cold-start eval"),
     "score": ("jobs.score", "top-K recommendations for every user"),
     "stream": ("jobs.stream", "Kafka feedback -> fold-in -> fresh recommendations, exactly once"),
     "broker": ("jobs.broker", "start/stop a local Kafka-compatible broker"),

@@ -4,7 +4,8 @@
                  [--days 30] [--dirty-fraction 0.002] [--rank 32] [--k 10]
 
 generate -> ingest every day (+ catalog) -> train (holdout evaluation, MLflow, champion)
--> score -> a summary: table row counts, metrics next to the popularity baseline, and one
+-> embed (ONNX MiniLM item embeddings, similar items, cold-start evaluation) -> score (new
+items placed by their text) -> a summary: table row counts, metrics next to the popularity baseline, and one
 user's recent history beside their recommendations -> the local broker and the stream: that
 user buys from a taste cluster they never touched, and their recommendations are shown again
 after the stream's fold-in. Steps already done on the same inputs
@@ -74,6 +75,7 @@ def body(spark, cfg: DemoConfig) -> int:
     with cli.step("train ALS + evaluate against popularity"):
         report = train(spark, lh, cfg.params)
     print(format_report(report, cfg.params.k))
+    embed_demo(spark, lh, cfg.params.k)
     with cli.step(f"score top-{cfg.params.k} for every user"):
         s = score(spark, lh, k=cfg.params.k)
         if not s.skipped:
@@ -86,6 +88,14 @@ def body(spark, cfg: DemoConfig) -> int:
     return 0
 
 
+def embed_demo(spark, lakehouse: str, k: int) -> None:
+    """The embed job on the demo lakehouse (the export built by `make models`)."""
+    from jobs.embed import body as embed_body
+    from jobs.embed import parse
+
+    embed_body(spark, parse(["--lakehouse", lakehouse, "--k", str(k)]))
+
+
 def summary(lakehouse: str, k: int) -> None:
     from pipelines.sql import format_rows, query
 
@@ -96,6 +106,8 @@ def summary(lakehouse: str, k: int) -> None:
         UNION ALL SELECT 'items', count(*) FROM items
         UNION ALL SELECT 'user_factors', count(*) FROM user_factors
         UNION ALL SELECT 'item_factors', count(*) FROM item_factors
+        UNION ALL SELECT 'item_embeddings', count(*) FROM item_embeddings
+        UNION ALL SELECT 'similar_items', count(*) FROM similar_items
         UNION ALL SELECT 'recommendations', count(*) FROM recommendations""")
     print(format_rows(*counts))
     # an active user: most events on the last day, ties by id
@@ -109,7 +121,34 @@ def summary(lakehouse: str, k: int) -> None:
         WHERE i.user_id = '{user}' ORDER BY i.ts DESC LIMIT 8""")))
     print(f"\n== {user}: recommendations")
     print(format_rows(*recommendations_of(lakehouse, user, k)))
+    content_summary(lakehouse)
     return user
+
+
+def content_summary(lakehouse: str) -> None:
+    """New items placed by their text, and one of them with its nearest neighbours."""
+    from pipelines.sql import format_rows, query
+
+    (placed, rows, users), = query(lakehouse, """
+        SELECT (SELECT count(*) FROM item_factors f WHERE f.source = 'content'
+                  AND f.model_version = (SELECT max(model_version) FROM recommendations)),
+               count(*), count(DISTINCT user_id)
+        FROM recommendations WHERE source = 'content'""")[1]
+    print(f"\n== new items: {placed:,} placed from their text; {rows:,} recommendations of them "
+          f"to {users:,} users (source = content)")
+    top = query(lakehouse, """
+        SELECT item_id FROM recommendations WHERE source = 'content'
+        GROUP BY item_id ORDER BY count(*) DESC, item_id LIMIT 1""")[1]
+    if top:
+        item = top[0][0]
+        print(f"\n== items most similar to {item} (cosine of MiniLM embeddings)")
+        print(format_rows(*query(lakehouse, f"""
+            SELECT s.rank, round(s.score, 3) AS cosine, s.similar_item_id, it.category, it.title
+            FROM similar_items s JOIN items it ON it.item_id = s.similar_item_id
+            WHERE s.item_id = '{item}'
+              AND s.encoder_version = (SELECT max(encoder_version) FROM similar_items)
+            UNION ALL SELECT 0, NULL, '{item}', category, title FROM items
+            WHERE item_id = '{item}' ORDER BY 1 LIMIT 6""")))
 
 
 def recommendations_of(lakehouse: str, user: str, k: int):

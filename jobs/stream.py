@@ -91,6 +91,7 @@ class StreamConfig:
     k: int
     max_restarts: int
     log_level: str | None
+    new_item_slots: int = 1
 
     def source_options(self) -> dict:
         opts = {"kafka.bootstrap.servers": self.bootstrap, "subscribe": self.topic,
@@ -129,6 +130,8 @@ def parse(argv: list[str] | None) -> StreamConfig:
     p.add_argument("--group-id-for-commits", help="also commit offsets to this consumer "
                                                   "group after each batch (lag dashboards)")
     p.add_argument("--k", type=positive_int, help="recommendations per user (default 10)")
+    p.add_argument("--new-item-slots", type=int,
+                   help="places per list reserved for items placed by their text (1; 0 = none)")
     p.add_argument("--max-restarts", type=int, default=None,
                    help="restarts after a transient failure such as a broker outage "
                         "(default 5)")
@@ -153,7 +156,10 @@ def parse(argv: list[str] | None) -> StreamConfig:
         trigger, args.available_now, args.timeout, args.skip_lost_offsets,
         args.group_id_for_commits,
         s.get("k", flag=args.k, default=10, cast=positive_int),
-        int(s.get("max_restarts", flag=args.max_restarts, default=5)), args.log_level)
+        int(s.get("max_restarts", flag=args.max_restarts, default=5)), args.log_level,
+        int(s.get("new_item_slots", flag=args.new_item_slots, default=1)))
+    if cfg.new_item_slots < 0:
+        raise UsageError("--new-item-slots must be >= 0")
     try:
         SourceOptions.parse(cfg.source_options())
     except KafkaConfigError as e:
@@ -189,8 +195,9 @@ def body(spark, cfg: StreamConfig) -> int:
         stop_after_batch,
     )
 
-    ctx = StreamContext(cfg.lakehouse, cfg.query, k=cfg.k, metrics_file=os.path.join(
-        cfg.lakehouse, "_stream", cfg.query, "batches.jsonl"))
+    ctx = StreamContext(cfg.lakehouse, cfg.query, k=cfg.k, new_item_slots=cfg.new_item_slots,
+                        metrics_file=os.path.join(cfg.lakehouse, "_stream", cfg.query,
+                                                  "batches.jsonl"))
     signalled: list[int] = []
 
     def on_signal(signum, _frame):

@@ -128,6 +128,20 @@ def positive_int(text: Any) -> int:
     return v
 
 
+def nonneg_int(text: Any) -> int:
+    v = int(text)
+    if v < 0:
+        raise ValueError(text)
+    return v
+
+
+def positive_float(text: Any) -> float:
+    v = float(text)
+    if not v > 0:  # also refuses nan
+        raise ValueError(text)
+    return v
+
+
 def fraction(text: Any) -> float:
     v = float(text)
     if not 0.0 <= v <= 1.0:

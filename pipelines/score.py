@@ -8,6 +8,11 @@
   items remain unseen.
 * "Seen" means any interaction, ever, in ``interactions``; the recommendable catalog is the
   items with factors plus the items with interactions in the popularity window.
+* Content-based placement of new items: when the text encoder has a champion with
+  embeddings, catalog items the model lacks first get factors mapped from their text
+  (:func:`pipelines.embed.place_cold_items`); they compete with the ALS items on the same
+  dot-product scale, and the last ``new_item_slots`` places of a list go to the user's best
+  placed items (:func:`with_new_item_slots`). Rows that pick them say ``source = content``.
 
 Ties are broken by item id, so a re-run on the same inputs writes the same rows; the write is
 skipped entirely when model version, input table versions and K are unchanged.
@@ -32,6 +37,7 @@ from pipelines import delta, topk, tracking
 from pipelines.train import item_matrix
 from schemas.tables import (
     INTERACTIONS,
+    ITEM_EMBEDDINGS,
     ITEM_FACTORS,
     RECOMMENDATIONS,
     USER_FACTORS,
@@ -57,6 +63,30 @@ def popularity_vector(interactions: DataFrame, *, since: _dt.datetime | None) ->
     return ev.groupBy("item_id").agg((F.countDistinct("user_id") / users).alias("score"))
 
 
+def with_new_item_slots(als_recs: DataFrame, new_recs: DataFrame, *, k: int, slots: int
+                        ) -> DataFrame:
+    """Reserve the last ``slots`` of each top-``k`` for text-placed items.
+
+    ``als_recs`` ranks every item with factors (placed ones included, on equal terms);
+    ``new_recs`` holds each user's top ``slots`` placed items. A user's list keeps its first
+    ``k - slots`` rows, then those placed items not already among them (``source =
+    content``), then fills up from the rest of its own list: a placed item that ranked in
+    the head on its own merits leaves its slot to the ALS list. Without the slots a mapped factor -- a conditional
+    mean, shrunk like every ridge estimate -- rarely out-scores the popular warm items, and
+    new items would never be shown: the slots are the exploration budget that lets them
+    collect the interactions the next training needs.
+    """
+    head = k - min(slots, k)
+    rows = (als_recs.withColumn("_pri", F.when(F.col("rank") <= head, 0).otherwise(2))
+            .unionByName(new_recs.withColumn("source", F.lit("content"))
+                         .withColumn("_pri", F.lit(1))))
+    w = Window.partitionBy("user_id", "item_id").orderBy("_pri", "rank")
+    w2 = Window.partitionBy("user_id").orderBy("_pri", "rank")
+    return (rows.withColumn("_n", F.row_number().over(w)).where(F.col("_n") == 1)
+            .withColumn("rank", F.row_number().over(w2)).where(F.col("rank") <= k)
+            .drop("_pri", "_n"))
+
+
 def combine(als_recs: DataFrame, pop_recs: DataFrame, *, k: int) -> DataFrame:
     """ALS rows first, then popular rows not already chosen, renumbered 1..k per user."""
     merged = als_recs.withColumn("_pri", F.lit(0)).unionByName(
@@ -68,15 +98,24 @@ def combine(als_recs: DataFrame, pop_recs: DataFrame, *, k: int) -> DataFrame:
 
 
 def score(spark, lakehouse: str, *, k: int = 10, model_version: int | None = None,
-          popularity_days: int | None = None, now: _dt.datetime | None = None) -> ScoreReport:
+          popularity_days: int | None = None, content_reg: float = 1.0,
+          place_new_items: bool = True, new_item_slots: int = 1,
+          now: _dt.datetime | None = None) -> ScoreReport:
     """Write ``recommendations`` for every user in ``interactions`` (atomic full replace)."""
     now = now or _dt.datetime.now(_dt.UTC)
     ref = tracking.get_version(lakehouse, model_version) if model_version is not None \
         else tracking.get_alias(lakehouse)
     version = ref.version if ref else None
+    if ref is not None and place_new_items:
+        enc = tracking.get_alias(lakehouse, name=tracking.ENCODER_MODEL)
+        if enc is not None and delta.exists(lakehouse, ITEM_EMBEDDINGS):
+            from pipelines.embed import place_cold_items
+
+            place_cold_items(spark, lakehouse, model_version=version,
+                             encoder_version=enc.version, reg=content_reg)
     inputs = {t.name: delta.latest_version(lakehouse, t)
               for t in (INTERACTIONS, USER_FACTORS, ITEM_FACTORS)}
-    txn = delta.Txn.of_content("lakerec.score", version, k, popularity_days,
+    txn = delta.Txn.of_content("lakerec.score", version, k, popularity_days, new_item_slots,
                                *sorted(inputs.items()))
     if delta.exists(lakehouse, RECOMMENDATIONS) and delta.open_table(
             lakehouse, RECOMMENDATIONS).transaction_version(txn.app_id) == txn.version:
@@ -104,7 +143,22 @@ def score(spark, lakehouse: str, *, k: int = 10, model_version: int | None = Non
                                                                               "factors")
             seen = topk.seen_rows(seen_pairs, item_ids, spark)
             recs_als = topk.recommend(spark, vecs.join(seen, "user_id", "left"), item_ids, y,
-                                      k=k).withColumn("source", F.lit("als")).persist()
+                                      k=k).withColumn("source", F.lit("als"))
+            content = factors.where(F.col("source") == "content")
+            if not content.isEmpty():
+                if new_item_slots:
+                    c_y, _, c_ids = item_matrix(content)
+                    c_seen = topk.seen_rows(seen_pairs, c_ids, spark)
+                    recs_new = topk.recommend(spark, vecs.join(c_seen, "user_id", "left"),
+                                              c_ids, c_y, k=min(new_item_slots, k))
+                    recs_als = with_new_item_slots(recs_als, recs_new, k=k,
+                                                   slots=new_item_slots)
+                # placed items that ranked on their own merits are content rows too
+                placed = content.select("item_id", F.lit(True).alias("_placed"))
+                recs_als = (recs_als.join(F.broadcast(placed), "item_id", "left")
+                            .withColumn("source", F.when(F.col("_placed"), F.lit("content"))
+                                        .otherwise(F.col("source"))).drop("_placed"))
+            recs_als = recs_als.persist()
             cached.append(recs_als)
 
         # popularity for users short of k: seen items and their ALS picks excluded

@@ -85,10 +85,20 @@ class ServingModel:
     weights: dict[str, float]
     pop_ids: list[str]
     pop: np.ndarray  # (n_pop, 1) float32: share of users in the window
+    content: np.ndarray | None = None  # (n_items,) bool: factors mapped from text, not ALS
     index: object = None
     pop_index: object = None
+    content_rows: np.ndarray | None = None  # rows of the placed items
+    content_index: object = None
 
     def __post_init__(self):
+        if self.content is None:
+            self.content = np.zeros(len(self.item_ids), bool)
+        self.content_rows = np.flatnonzero(self.content)
+        if len(self.content_rows):
+            self.content_index = topk.index_items(
+                self.y[self.content_rows],
+                topk.order_key([self.item_ids[r] for r in self.content_rows]))
         if len(self.item_ids):
             self.index = topk.index_items(self.y, topk.order_key(self.item_ids))
         if len(self.pop_ids):
@@ -134,16 +144,21 @@ def load_model(lakehouse: str) -> ServingModel:
         return ServingModel(None, [], np.zeros((0, 1), np.float32), np.zeros((1, 1)), {}, 1.0,
                             0.0, dict(als.DEFAULT_WEIGHTS), pop_ids, pop)
     tbl = delta.arrow_dataset(lakehouse, ITEM_FACTORS).to_table(
-        columns=["item_idx", "item_id", "factors"],
+        columns=["item_idx", "item_id", "factors", "source"],
         filter=pc.field("model_version") == ref.version).sort_by("item_idx")
     y = np.asarray(tbl["factors"].to_pylist(), dtype=np.float32)
     ids = tbl["item_id"].to_pylist()
+    content = np.asarray(tbl["source"].to_pylist(), dtype=object) == "content"
     weights = json.loads(ref.params["weights"]) if "weights" in ref.params \
         else dict(als.DEFAULT_WEIGHTS)
-    log.info("serving model v%d: %d items, rank %d", ref.version, len(ids), y.shape[1])
-    return ServingModel(ref.version, ids, y, als.gram(y), {i: r for r, i in enumerate(ids)},
+    log.info("serving model v%d: %d items (%d placed from text), rank %d", ref.version,
+             len(ids), int(content.sum()), y.shape[1])
+    # YᵀY over the ALS items only: text-placed items are ranked, never part of the fold-in's
+    # normal equations, so a fold-in stays the model's exact solution
+    return ServingModel(ref.version, ids, y, als.gram(y[~content]),
+                        {i: r for r, i in enumerate(ids)},
                         float(ref.params.get("alpha", 5.0)), float(ref.params.get("reg", 0.05)),
-                        {k: float(v) for k, v in weights.items()}, pop_ids, pop)
+                        {k: float(v) for k, v in weights.items()}, pop_ids, pop, content)
 
 
 # --------------------------------------------------------------------------- pure steps
@@ -157,7 +172,7 @@ def weights_of(history, weights: Mapping[str, float]) -> np.ndarray:
     return w
 
 
-def refresh(model: ServingModel, history, users: list[str], *, k: int
+def refresh(model: ServingModel, history, users: list[str], *, k: int, new_item_slots: int = 1
             ) -> tuple[dict[str, np.ndarray], list[tuple]]:
     """Fold in ``users`` from their full ``history`` and compute their top-``k``.
 
@@ -166,7 +181,10 @@ def refresh(model: ServingModel, history, users: list[str], *, k: int
         (YᵀY + Σ_i α r_ui y_i y_iᵀ + λ n_u I) x_u = Σ_i (1 + α r_ui) y_i,
 
     are assembled for all users at once (``YᵀY`` cached per model) and solved as one batched
-    ``numpy.linalg.solve``; then one kernel call ranks the unseen items of every user.
+    ``numpy.linalg.solve``; then one kernel call ranks the unseen items of every user. Items
+    placed by their text are ranked but never enter the solve, and the last
+    ``new_item_slots`` places go to the user's best placed items, as ``score`` does
+    (:func:`pipelines.score.with_new_item_slots`).
 
     Parameters
     ----------
@@ -194,7 +212,8 @@ def refresh(model: ServingModel, history, users: list[str], *, k: int
     r = pairs["r"].to_numpy(np.float64)
 
     vectors: dict[str, np.ndarray] = {}
-    sel = known & (r > 0)
+    # text-placed items are seen (filtered below) but not part of the solve
+    sel = known & (r > 0) & ~model.content[np.maximum(row, 0)]
     if sel.any():
         has, x = als.fold_in_many(model.y, model.yty, code[sel], row[sel],
                                   model.alpha * r[sel], len(users), reg=model.reg)
@@ -211,13 +230,32 @@ def refresh(model: ServingModel, history, users: list[str], *, k: int
         kc = slot[code[keep]]
         indptr = np.zeros(len(with_vec) + 1, np.int64)
         np.cumsum(np.bincount(kc, minlength=len(with_vec)), out=indptr[1:])
-        idx, score, count = topk.topk_block(np.stack([vectors[u] for u in with_vec]),
-                                            model.index, (indptr, row[keep]), k)
+        u_mat = np.stack([vectors[u] for u in with_vec])
+        idx, score, count = topk.topk_block(u_mat, model.index, (indptr, row[keep]), k)
+        lists = [[(int(idx[j, q]), float(score[j, q])) for q in range(int(count[j]))]
+                 for j in range(len(with_vec))]
+        slots = min(new_item_slots, k)
+        if slots and model.content_index is not None:
+            pos = np.full(len(model.item_ids), -1, np.int64)
+            pos[model.content_rows] = np.arange(len(model.content_rows))
+            cp = pos[row[keep]]
+            c_ptr = np.zeros(len(with_vec) + 1, np.int64)
+            np.cumsum(np.bincount(kc[cp >= 0], minlength=len(with_vec)), out=c_ptr[1:])
+            c_idx, c_score, c_count = topk.topk_block(u_mat, model.content_index,
+                                                      (c_ptr, cp[cp >= 0]), slots)
+            for j, lst in enumerate(lists):
+                new = [(int(model.content_rows[c_idx[j, q]]), float(c_score[j, q]))
+                       for q in range(int(c_count[j]))]
+                head = lst[:k - slots]
+                taken = {i for i, _ in head}
+                head += [p for p in new if p[0] not in taken]
+                taken = {i for i, _ in head}
+                lists[j] = (head + [p for p in lst[k - slots:] if p[0] not in taken])[:k]
         for j, u in enumerate(with_vec):
-            for q in range(int(count[j])):
-                item = model.item_ids[idx[j, q]]
+            for q, (i, sc) in enumerate(lists[j]):
+                item = model.item_ids[i]
                 picked[u].append(item)
-                out.append((u, q + 1, item, float(score[j, q]), "fold_in"))
+                out.append((u, q + 1, item, sc, "content" if model.content[i] else "fold_in"))
     short = [u for u in users if len(picked[u]) < k]
     if short and model.pop_ids:
         prow = {i: q for q, i in enumerate(model.pop_ids)}
@@ -375,6 +413,7 @@ class StreamContext:
     lakehouse: str
     query: str
     k: int = 10
+    new_item_slots: int = 1
     model_refresh_s: float = 30.0
     metrics_file: str | None = None
     checkpoint: str | None = None
@@ -486,7 +525,8 @@ def process_batch(ctx: StreamContext, df, batch_id: int) -> BatchReport:
         rep.model_version = model.version
         history = user_history(lh, users)
         lap("history")
-        vectors, rows = refresh(model, history, users, k=ctx.k)
+        vectors, rows = refresh(model, history, users, k=ctx.k,
+                                new_item_slots=ctx.new_item_slots)
         lap("fold-in+top-k")
         if vectors:
             idx = _user_indexes(lh, list(vectors), txn, now)

@@ -232,8 +232,38 @@ RECOMMENDATIONS = TableSpec(
     key=("user_id", "rank"),
 )
 
+ITEM_EMBEDDINGS = TableSpec(
+    name="item_embeddings",
+    doc="Text embedding per item and encoder version (unit length: cosine = dot product).",
+    columns=(
+        _c("item_id", "string", False),
+        _c("embedding", "array<float>", False, "L2-normalised sentence embedding"),
+        _c("text_sha256", "string", False,
+           "SHA-256 of the embedded text: an item is embedded again only when it changes"),
+        _c("embedded_at", "timestamp", False),
+        _c("encoder_version", "long", False, "lakerec-text-encoder registry version"),
+    ),
+    partition_by=("encoder_version",),
+    key=("encoder_version", "item_id"),
+)
+
+SIMILAR_ITEMS = TableSpec(
+    name="similar_items",
+    doc="Top-N most similar items per item by embedding cosine, per encoder version.",
+    columns=(
+        _c("item_id", "string", False),
+        _c("rank", "int", False, "1 = most similar"),
+        _c("similar_item_id", "string", False),
+        _c("score", "float", False, "cosine similarity of the two embeddings"),
+        _c("generated_at", "timestamp", False),
+        _c("encoder_version", "long", False),
+    ),
+    partition_by=("encoder_version",),
+    key=("encoder_version", "item_id", "rank"),
+)
+
 TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (INTERACTIONS, QUARANTINE, ITEMS, USER_INDEX, ITEM_INDEX, USER_FACTORS,
-              ITEM_FACTORS, RECOMMENDATIONS)
+              ITEM_FACTORS, RECOMMENDATIONS, ITEM_EMBEDDINGS, SIMILAR_ITEMS)
 }

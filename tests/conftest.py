@@ -66,3 +66,18 @@ def job_env(**extra: str) -> dict[str, str]:
     env["LAKEREC_SPARK_MASTER"] = "local[2]"
     env.update(extra)
     return env
+
+
+def ingested(spark, lakehouse: str, spec) -> str:
+    """Generate ``spec``'s logs and catalog into ``<lakehouse>/landing`` and ingest them all
+    (catalog first, then every day); returns the landing folder."""
+    from pipelines import landing
+    from pipelines.generate import catalog_lines, event_lines
+    from pipelines.ingest import ingest_catalog, ingest_dates
+
+    out = os.path.join(lakehouse, "landing")
+    landing.write_landing(event_lines(spark, spec), catalog_lines(spark, spec), out, {})
+    ingest_catalog(spark, lakehouse, source=os.path.join(out, "items"))
+    ingest_dates(spark, lakehouse, landing.list_dates(os.path.join(out, "events")),
+                 source=os.path.join(out, "events"))
+    return out

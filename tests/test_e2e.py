@@ -41,6 +41,8 @@ def test_every_job_through_spark_submit(tmp_path):
     assert "quarantined" in out.stdout
     out = run([*SUBMIT, "jobs/train.py", "--lakehouse", lh, *TRAIN])
     assert "promoted to champion" in out.stdout
+    out = run([*SUBMIT, "jobs/embed.py", "--lakehouse", lh, "--k", "5"])
+    assert "80 of 80 items embedded" in out.stdout and "recall@5" in out.stdout
     run([*SUBMIT, "jobs/score.py", "--lakehouse", lh, "--k", "5"])
     _, rows = query(lh, "SELECT count(DISTINCT user_id), min(n), max(n) FROM "
                         "(SELECT user_id, count(*) n FROM recommendations GROUP BY 1)")

@@ -19,15 +19,14 @@ import time
 import pyarrow.compute as pc
 import pytest
 
-from pipelines import broker, delta, feedback, landing
-from pipelines.generate import SyntheticSpec, catalog_lines, event_lines
-from pipelines.ingest import ingest_catalog, ingest_dates
+from pipelines import broker, delta, feedback
+from pipelines.generate import SyntheticSpec
 from pipelines.score import score
 from pipelines.sql import query
 from pipelines.stream import load_model, refresh, user_history
 from pipelines.train import TrainParams, train
 from schemas.tables import INTERACTIONS, QUARANTINE, RECOMMENDATIONS, USER_FACTORS
-from tests.conftest import ROOT, VENV_BIN, job_env
+from tests.conftest import ROOT, VENV_BIN, ingested, job_env
 
 SPEC = SyntheticSpec(users=300, items=80, events=15_000, days=8, clusters=8, seed=5,
                      start=dt.date(2024, 3, 1))
@@ -38,11 +37,7 @@ K = 5
 @pytest.fixture(scope="module")
 def trained(spark, tmp_path_factory):
     lh = str(tmp_path_factory.mktemp("trained"))
-    out = os.path.join(lh, "landing")
-    landing.write_landing(event_lines(spark, SPEC), catalog_lines(spark, SPEC), out, {})
-    ingest_catalog(spark, lh, source=os.path.join(out, "items"))
-    ingest_dates(spark, lh, landing.list_dates(os.path.join(out, "events")),
-                 source=os.path.join(out, "events"))
+    ingested(spark, lh, SPEC)
     train(spark, lh, PARAMS)
     score(spark, lh, k=K)
     return lh

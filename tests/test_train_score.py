@@ -10,8 +10,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from pipelines import delta, landing, tracking
-from pipelines.generate import SyntheticSpec, catalog_lines, event_lines
-from pipelines.ingest import ingest_catalog, ingest_date
+from pipelines.generate import SyntheticSpec
+from pipelines.ingest import ingest_date
 from pipelines.score import score
 from pipelines.train import TrainParams, train
 from schemas.tables import (
@@ -22,6 +22,7 @@ from schemas.tables import (
     USER_FACTORS,
     USER_INDEX,
 )
+from tests.conftest import ingested
 
 SPEC = SyntheticSpec(users=300, items=80, events=15_000, days=8, clusters=4, seed=3,
                      start=dt.date(2024, 2, 1))
@@ -31,11 +32,7 @@ PARAMS = TrainParams(rank=8, max_iter=6, window_days=8, holdout_days=2, k=5)
 @pytest.fixture(scope="module")
 def trained(spark, tmp_path_factory):
     lh = str(tmp_path_factory.mktemp("lh"))
-    out = os.path.join(lh, "landing")
-    landing.write_landing(event_lines(spark, SPEC), catalog_lines(spark, SPEC), out, {})
-    ingest_catalog(spark, lh, source=os.path.join(out, "items"))
-    for d in landing.list_dates(os.path.join(out, "events")):
-        ingest_date(spark, lh, d, source=os.path.join(out, "events"))
+    out = ingested(spark, lh, SPEC)
     first = train(spark, lh, PARAMS)
     return lh, out, first
 

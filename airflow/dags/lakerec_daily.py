@@ -1,7 +1,8 @@
 """lakerec's daily pipeline for Airflow 3.
 
 wait for the day's log partition -> ingest that date -> train (on the configured cadence)
--> score -> quality gate. One run per logical date; every task is idempotent for its date,
+-> embed (item text features: only new or changed catalog texts are embedded) -> score ->
+quality gate. One run per logical date; every task is idempotent for its date,
 so clearing and re-running a date leaves the tables as they were.
 
 Configuration, read when the DAG file is parsed (environment of the scheduler/dag processor):
@@ -19,6 +20,8 @@ Configuration, read when the DAG file is parsed (environment of the scheduler/da
 ``LAKEREC_START_DATE``     first logical date (default 2024-06-01); ``LAKEREC_CATCHUP`` (0/1)
 ``LAKEREC_TRAIN_EVERY``    train cadence in days (default 7: a model a week, scoring daily)
 ``LAKEREC_RETRIES``        retries per task (default 2, five minutes apart)
+``LAKEREC_ENCODER_DIR``    the ONNX encoder export for ``embed`` (default: the checkout's
+                           ``models/build/minilm``, built by ``make models``)
 =========================  ==================================================================
 
 Run params (per run, e.g. ``airflow dags test lakerec_daily 2024-06-08 -c '{...}'``):
@@ -67,6 +70,7 @@ ENV = {k: v for k, v in {
     "PYSPARK_DRIVER_PYTHON": PYTHON,
     "LAKEREC_LAKEHOUSE": LAKEHOUSE,
     "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI"),
+    "LAKEREC_ENCODER_DIR": os.environ.get("LAKEREC_ENCODER_DIR"),
     "PATH": os.environ.get("PATH", ""),
 }.items() if v}
 
@@ -96,7 +100,7 @@ def spark_job(task_id: str, script: str, args, **kw) -> SparkSubmitOperator:
 
 with DAG(
     dag_id="lakerec_daily",
-    description="ingest -> train -> score -> quality gate, one run per day of logs",
+    description="ingest -> train -> embed -> score -> quality gate, one run per day of logs",
     schedule="@daily",
     start_date=START,
     catchup=CATCHUP,
@@ -132,9 +136,11 @@ with DAG(
                       "'--k', params.k | string] + params.train_flags }}")
     skip_train = EmptyOperator(task_id="skip_train")
     # "--k=N" in one token: a native-rendered "{{ params.k }}" alone would become an int
-    score = spark_job("score", "score.py", ["--k={{ params.k }}"],
+    embed = spark_job("embed", "embed.py", ["--k={{ params.k }}"],
                       trigger_rule="none_failed_min_one_success")
+    score = spark_job("score", "score.py", ["--k={{ params.k }}"])
     quality_gate = spark_job("quality_gate", "check.py", ["--k={{ params.k }}"],
                              retries=0)
 
-    wait_for_logs() >> ingest >> train_due() >> [train, skip_train] >> score >> quality_gate
+    wait_for_logs() >> ingest >> train_due() >> [train, skip_train] >> embed >> score
+    score >> quality_gate
