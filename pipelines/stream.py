@@ -675,9 +675,19 @@ def stop_after_batch(ctx: StreamContext, query, timeout_s: float = 600.0) -> Non
         ctx.busy.release()
     if ctx.reports and ctx.checkpoint:
         # foreachBatch has returned; Spark still records the batch in the commit log
-        done = os.path.join(ctx.checkpoint, "commits", str(ctx.reports[-1].batch_id))
+        last = ctx.reports[-1].batch_id
+        done = os.path.join(ctx.checkpoint, "commits", str(last))
+
+        def recorded() -> bool:
+            # the commit file appears before Spark has finished with it (the checksum file
+            # is renamed after it); the batch's progress is reported only once the commit
+            # is complete, so stopping earlier interrupts the commit write
+            progress = query.lastProgress
+            return os.path.exists(done) and progress is not None and \
+                int(progress.get("batchId", -1)) >= last
+
         deadline = time.monotonic() + 30
-        while not os.path.exists(done) and query.isActive and time.monotonic() < deadline:
+        while not recorded() and query.isActive and time.monotonic() < deadline:
             time.sleep(0.05)
     query.stop()
 
