@@ -419,6 +419,7 @@ class StreamContext:
     checkpoint: str | None = None
     model: ServingModel | None = None
     model_checked: float = 0.0
+    model_stamp: tuple | None = None  # (champion version, item_factors version) of ``model``
     checker: object = None  # record_checker(), built by start_query (or the first batch)
     reports: list = field(default_factory=list)
     stop_requested: threading.Event = field(default_factory=threading.Event)
@@ -428,9 +429,13 @@ class StreamContext:
         now = time.monotonic()
         if self.model is None or now - self.model_checked > self.model_refresh_s:
             ref = tracking.get_alias(self.lakehouse)
-            current = ref.version if ref else None
-            if self.model is None or current != self.model.version:
+            # a new champion, or new items placed by their text into the same model version
+            # (score upserts them into item_factors): either way, load again
+            stamp = (ref.version if ref else None,
+                     delta.latest_version(self.lakehouse, ITEM_FACTORS))
+            if self.model is None or stamp != self.model_stamp:
                 self.model = load_model(self.lakehouse)
+                self.model_stamp = stamp
             self.model_checked = now
         return self.model
 

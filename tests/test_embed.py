@@ -260,3 +260,21 @@ def test_usage_errors_exit_2_before_anything_runs(tmp_path, capsys):
     assert err[-1].startswith("lakerec embed: error: no encoder export") and \
         "make models" in err[-1]
     assert not os.path.exists(lh)
+
+
+def test_a_running_stream_picks_up_newly_placed_items(spark, embedded):
+    from pipelines.embed import place_cold_items
+    from pipelines.stream import StreamContext
+
+    lh, _ = embedded
+    score(spark, lh, k=5)
+    ctx = StreamContext(lh, "q", model_refresh_s=0.0)
+    first = ctx.serving_model()
+    assert ctx.serving_model() is first  # nothing changed: the cached model
+    champ = tracking.get_alias(lh).version
+    enc = tracking.get_alias(lh, name=tracking.ENCODER_MODEL).version
+    place_cold_items(spark, lh, model_version=champ, encoder_version=enc, reg=5.0)
+    again = ctx.serving_model()
+    assert again is not first and again.version == first.version
+    moved = again.y[again.content_rows] - first.y[first.content_rows]
+    assert np.abs(moved).max() > 0  # the re-placed factors (another ridge penalty)
