@@ -90,12 +90,11 @@ def test_unchanged_items_are_not_embedded_again(spark, embedded):
     assert len(tracking.encoder_versions(lh)) == 1  # the same export is registered once
 
 
-def test_only_items_whose_text_changed_are_embedded_again(spark, embedded, tmp_path):
-    lh, cfg = embedded
-    bundle = encoder.Bundle.from_folder(tracking.encoder_folder(
-        lh, tracking.get_alias(lh, name=tracking.ENCODER_MODEL).version,
-        os.path.join(lh, "_encoders")))
+def test_only_items_whose_text_changed_are_embedded_again(spark, embedded):
+    lh, _ = embedded
     version = tracking.get_alias(lh, name=tracking.ENCODER_MODEL).version
+    bundle = encoder.Bundle.from_folder(
+        tracking.encoder_folder(lh, version, os.path.join(lh, "_encoders")))
     before = arrow(lh, ITEM_EMBEDDINGS).set_index("item_id")
     changed = delta.read(spark, lh, ITEMS).where(F.col("item_id") == "item-000007") \
         .withColumn("description", F.lit("A completely new description about jazz vinyl."))
