@@ -185,9 +185,11 @@ def stream_demo(spark, lakehouse: str, user: str, k: int, timeout_s: float = 180
                         source_options=opts, trigger_s=0.5)
         ctx.serving_model()  # load the champion before the burst, as a running stream has
     try:
-        category, items = feedback.untouched_cluster_items(lakehouse, user, n=5)
-        print(f"\n== {user} buys {len(items)} items from {category!r}, a category they never "
-              f"touched: {', '.join(items)}")
+        # the category's 6th-10th best sellers: the top five stay unseen, so the refreshed
+        # list can show them (bought, they would be filtered out as seen)
+        category, items = feedback.untouched_cluster_items(lakehouse, user, n=5, skip=5)
+        print(f"\n== {user} buys {len(items)} items from {category!r} (its 6th-10th best "
+              f"sellers), a category they never touched: {', '.join(items)}")
         p = feedback.make_producer(st.bootstrap, one_record_per_batch=True)
         t0 = time.perf_counter()
         feedback.send(p, "feedback", feedback.purchases([user], items))

@@ -62,11 +62,13 @@ def purchases(users: list[str], items: list[str], *, event_type: str = "purchase
             yield u.encode(), json.dumps(event(u, i, event_type)).encode()
 
 
-def untouched_cluster_items(lakehouse: str, user: str, *, n: int = 5,
+def untouched_cluster_items(lakehouse: str, user: str, *, n: int = 5, skip: int = 0,
                             category: str | None = None) -> tuple[str, list[str]]:
     """The most popular items of a category ``user`` never touched (or of ``category``).
 
-    Returns ``(category, item ids)``: the demo's "taste from a new cluster".
+    ``skip`` leaves out that many best sellers first (the demo buys the 6th-10th, so the
+    best sellers are what the fold-in can then recommend). Returns ``(category, item ids)``:
+    the demo's "taste from a new cluster".
     """
     from pipelines.sql import query
 
@@ -83,7 +85,8 @@ def untouched_cluster_items(lakehouse: str, user: str, *, n: int = 5,
     items = [r[0] for r in query(lakehouse, f"""
         SELECT i.item_id FROM interactions i JOIN items it USING (item_id)
         WHERE it.category = '{_sql(category)}'
-        GROUP BY 1 ORDER BY count(DISTINCT i.user_id) DESC, 1 LIMIT {int(n)}""")[1]]
+        GROUP BY 1 ORDER BY count(DISTINCT i.user_id) DESC, 1
+        LIMIT {int(n)} OFFSET {int(skip)}""")[1]]
     return category, items
 
 

@@ -59,6 +59,8 @@ def local_defaults(master: str) -> dict[str, str]:
         "spark.ui.enabled": os.environ.get("LAKEREC_SPARK_UI", "false"),
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # pyspark.daemon minus a per-task re-read of the zips on PYTHONPATH (see the module)
+        "spark.python.daemon.module": "pipelines.worker_daemon",
         "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{log4j}",
         "spark.sql.warehouse.dir": os.path.join(os.environ.get("TMPDIR", "/tmp"),
                                                 "lakerec-spark-warehouse"),

@@ -150,6 +150,8 @@ def test_stream_end_to_end_with_poison_duplicates_and_a_new_taste(lh, kafka):
     (demo_user,), = query(lh, """SELECT user_id FROM interactions JOIN items USING (item_id)
                                  GROUP BY 1 ORDER BY count(DISTINCT category), 1 LIMIT 1""")[1]
     category, new_items = feedback.untouched_cluster_items(lh, demo_user, n=4)
+    assert feedback.untouched_cluster_items(lh, demo_user, n=2, skip=2) == \
+        (category, new_items[2:])  # the demo's skip: the next best sellers
     before = [r[0] for r in query(lh, f"SELECT item_id FROM recommendations WHERE user_id = "
                                       f"'{demo_user}' ORDER BY rank")[1]]
     valid = list(feedback.random_events(users, items, 300, seed=1, prefix="e2e",
