@@ -50,7 +50,7 @@ def prepare(lh: str) -> None:
             stdout=subprocess.DEVNULL)
 
 
-def produce(bootstrap, topic, users, items, rate, seconds, seed, prefix, out):
+def produce(bootstrap, topic, users, items, rate, seconds, seed, prefix, out, count=None):
     """One load-generator process: ``rate`` events/s for ``seconds``, each stamped when handed
     to the producer.
 
@@ -65,12 +65,12 @@ def produce(bootstrap, topic, users, items, rate, seconds, seed, prefix, out):
 
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "batch.num.messages": 1,
                   "acks": "1", "log_level": 3})
-    n = int(rate * seconds)
+    n = count if count is not None else int(rate * seconds)  # count: as fast as possible
     sent = np.zeros(n)
     t0 = time.perf_counter()
     for i, (key, value) in enumerate(feedback.random_events(users, items, n, seed=seed,
                                                             prefix=prefix)):
-        ahead = t0 + i / rate - time.perf_counter()
+        ahead = 0 if count is not None else t0 + i / rate - time.perf_counter()
         if ahead > 0:
             time.sleep(ahead)
         while True:
@@ -153,6 +153,7 @@ def run_rate(lh, bootstrap, rate, seconds, users, items):
     procs = [mp.Process(target=produce, args=(bootstrap, topic, users, items, rate / producers,
                                               seconds, seed, topic, q))
              for seed in range(producers)]
+    broker_cpu0, kids0 = process_cpu("tansu"), os.times()
     t0 = time.time()
     for pr in procs:
         pr.start()
@@ -160,6 +161,11 @@ def run_rate(lh, bootstrap, rate, seconds, users, items):
     for pr in procs:
         pr.join()
     t_end = time.time()
+    # what the load itself costs on the shared cores: the broker and the load generators
+    kids = os.times()
+    broker_cores = (process_cpu("tansu") - broker_cpu0) / (t_end - t0)
+    producer_cores = (kids.children_user + kids.children_system - kids0.children_user
+                      - kids0.children_system) / (t_end - t0)
     n_sent = sum(len(v) for v in sent.values())
     want = n_sent + warm
     drained = None
@@ -199,6 +205,7 @@ def run_rate(lh, bootstrap, rate, seconds, users, items):
     runs = batches(metrics)[n_warm:]  # after the warm-up batches
     return {
         "rate": rate, "producers": producers, "sent": n_sent, "achieved_rate": achieved,
+        "broker_cores": broker_cores, "producer_cores": producer_cores,
         "measured": len(lat), "p50": float(np.percentile(lat, 50)) if len(lat) else None,
         "p95": float(np.percentile(lat, 95)) if len(lat) else None,
         "p99": float(np.percentile(lat, 99)) if len(lat) else None,
@@ -212,11 +219,82 @@ def run_rate(lh, bootstrap, rate, seconds, users, items):
     }
 
 
+def process_cpu(name: str) -> float:
+    """CPU seconds used so far by the processes whose command line contains ``name``."""
+    total = 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if name.encode() not in f.read():
+                    continue
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            continue
+    return total
+
+
+def run_backlog(lh, bootstrap, n, users, items, per_trigger):  # noqa: PLR0913
+    """The stream's capacity: ``n`` events already on the topic, the stream catching up.
+
+    The load generators finish before the stream starts, so the stream has the cores to
+    itself (the broker only serves its fetches). Capacity = records after the first batch /
+    time from the first batch's end to the last one's (Spark's start and first-batch warm-up
+    left out).
+    """
+    from pipelines import broker
+
+    topic = f"backlog-{int(time.time())}"
+    broker.create_topic(bootstrap, topic, partitions=2)
+    producers = 2
+    q = mp.Queue()
+    procs = [mp.Process(target=produce, args=(bootstrap, topic, users, items, None, None, seed,
+                                              topic, q, n // producers))
+             for seed in range(producers)]
+    for pr in procs:
+        pr.start()
+    for _ in procs:
+        q.get()
+    for pr in procs:
+        pr.join()
+    env = {**os.environ, "LAKEREC_SPARK_MASTER": "local[2]"}
+    stream = subprocess.Popen(
+        [os.path.join(BIN, "lakerec"), "stream", "--lakehouse", lh, "--bootstrap", bootstrap,
+         "--topic", topic, "--query-name", topic, "--trigger-seconds", "0.5",
+         "--starting-offsets", "earliest", "--max-offsets-per-trigger", str(per_trigger)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = os.path.join(lh, "_stream", topic, "batches.jsonl")
+    deadline = time.monotonic() + 600
+    while sum(b["records"] for b in batches(metrics)) < n:
+        if time.monotonic() > deadline or stream.poll() is not None:
+            stream.kill()
+            raise SystemExit(f"backlog not drained: {stream.stderr.read()[-2000:]}")
+        time.sleep(0.2)
+    stream.send_signal(signal.SIGTERM)
+    try:
+        stream.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        stream.kill()
+    runs = batches(metrics)
+    first, last = runs[0], runs[-1]
+    recs = sum(b["records"] for b in runs[1:])
+    span = last["at"] - first["at"]
+    return {"events": n, "batches": len(runs), "records_after_first": recs,
+            "seconds": span, "capacity": recs / span if span > 0 else None,
+            "mean_batch_records": float(np.mean([b["records"] for b in runs[1:]])),
+            "mean_batch_seconds": float(np.mean([b["seconds"] for b in runs[1:]]))}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lakehouse", help="a trained lakehouse to use (copied; default: build)")
     ap.add_argument("--rates", default="1000,2500,5000")
     ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--backlog", type=int, default=100_000,
+                    help="events for the capacity run (0: skip it)")
     args = ap.parse_args(argv)
 
     from pipelines import broker
@@ -252,12 +330,21 @@ def main(argv=None) -> int:
                   f"{f['last_third_p50']} s, drained {r['drained_after_s']} s after the "
                   f"producers, {r['batches']} batches of {r['mean_batch_records']:.0f} "
                   f"records in {r['mean_batch_seconds']:.2f} s -> "
-                  f"{'sustained' if r['sustained'] else 'NOT sustained'}", flush=True)
+                  f"{'sustained' if r['sustained'] else 'NOT sustained'}; the broker used "
+                  f"{r['broker_cores']:.2f} and the load generators {r['producer_cores']:.2f} "
+                  f"of the 2 cores meanwhile", flush=True)
+        if args.backlog:
+            b = run_backlog(lh, st.bootstrap, args.backlog, users, items, per_trigger=20_000)
+            print(f"capacity: a backlog of {b['events']:,} events drained at "
+                  f"{b['capacity']:,.0f} events/s ({b['batches']} batches of "
+                  f"{b['mean_batch_records']:,.0f} records in {b['mean_batch_seconds']:.2f} s "
+                  f"after the first), with no load generator running", flush=True)
+            results.append({"backlog": b})
     finally:
         broker.stop(os.path.join(work, "broker"))
-    ok = [r["rate"] for r in results if r["sustained"]]
+    ok = [r["rate"] for r in results if r.get("sustained")]
     print(f"highest sustained rate: {max(ok) if ok else 'none'} events/s; "
-          f"p95 at 1000/s: {next((r['p95'] for r in results if r['rate'] == 1000), None)}")
+          f"p95 at 1000/s: {next((r['p95'] for r in results if r.get('rate') == 1000), None)}")
     with open(os.path.join(work, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(f"details: {os.path.join(work, 'results.json')}")

@@ -7,6 +7,9 @@ One process, the same learned factors (Spark ML implicit ALS on the project's sy
 data) for every contender:
 
 * Spark ``ALSModel.recommendForAllUsers(k)`` -- which does not filter seen items;
+* Spark with the seen filter the usual way (one run: it is slow): over-fetch
+  ``recommendForAllUsers(k + most items any user has seen)``, anti join with the seen pairs,
+  keep the first k of each user;
 * lakerec's ``topk.recommend`` through Spark, seen items excluded, end to end (seen lists
   built from the interactions, the kernel on executors, the result materialised);
 * the kernel alone in this process, single-threaded, and the GEMM alone with the same block

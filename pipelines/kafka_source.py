@@ -433,7 +433,11 @@ def read_range(part: KafkaPartition, *, chunk: int = 2000):
         idle_since = time.monotonic()
         cols: dict[str, list] = {n: [] for n in schema.names}
         while position < part.end:
-            got = c.poll(timeout_ms=500, max_records=chunk).get(tp, [])
+            # never past the range's end: the consumer then stays at ``end`` with what it
+            # fetched beyond kept for the next batch, which starts there (no seek back and
+            # no second fetch of the same records)
+            got = c.poll(timeout_ms=500,
+                         max_records=max(1, min(chunk, part.end - position))).get(tp, [])
             if not got:
                 position = max(position, c.position(tp) or position)
                 if position >= part.end:
