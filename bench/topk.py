@@ -7,9 +7,6 @@ One process, the same learned factors (Spark ML implicit ALS on the project's sy
 data) for every contender:
 
 * Spark ``ALSModel.recommendForAllUsers(k)`` -- which does not filter seen items;
-* Spark with the seen filter the usual way (one run: it is slow): over-fetch
-  ``recommendForAllUsers(k + most items any user has seen)``, anti join with the seen pairs,
-  keep the first k of each user;
 * lakerec's ``topk.recommend`` through Spark, seen items excluded, end to end (seen lists
   built from the interactions, the kernel on executors, the result materialised);
 * the kernel alone in this process, single-threaded, and the GEMM alone with the same block
@@ -99,23 +96,6 @@ def main() -> None:
             ours(prepared=prepared)
         prepared.unpersist()
 
-    # Spark with the same seen filter, the usual way: over-fetch k + the most items any user
-    # has seen, drop the seen ones with an anti join, keep the first k of each user. One run
-    # (it is slow); the raw-pairs contender is its like-for-like.
-    from pyspark.sql import Window
-
-    max_seen = pairs.groupBy("user_idx").count().agg(F.max("count")).first()[0]
-    with timed(f"Spark recommendForAllUsers(k + {max_seen}) + anti join, seen filtered", t):
-        ex = model.recommendForAllUsers(a.k + max_seen).select(
-            "user_idx", F.posexplode("recommendations").alias("pos", "r"))
-        kept = ex.select("user_idx", "pos", F.col("r.item_idx").alias("item_idx"),
-                         F.col("r.rating").alias("score")) \
-            .join(pairs.select("user_idx", "item_idx"), ["user_idx", "item_idx"], "left_anti")
-        kept.withColumn("rank", F.row_number().over(Window.partitionBy("user_idx")
-                                                    .orderBy("pos"))) \
-            .where(F.col("rank") <= a.k).write.format("noop").mode("overwrite").save()
-    spark_filtered = t[next(k_ for k_ in t if k_.startswith("Spark recommendForAllUsers(k +"))]
-
     # in-process kernel and GEMM floor, one thread, same shapes
     u_all = np.array([r.features for r in uf.orderBy("id").collect()], dtype=np.float32)
     seen_pd = pairs.groupBy("user_idx").agg(F.collect_list("item_idx").alias("s")) \
@@ -163,11 +143,8 @@ def main() -> None:
           f"{flops / 1e9:.0f} GFLOP in all")
     print(f"  GEMM floor on {a.cores} cores: {floor:.2f} s")
     print(f"  Spark recommendForAllUsers({a.k}), no seen filter: {spark_t:.2f} s")
-    print(f"  Spark with the seen filter (recommendForAllUsers(k + {max_seen}) + anti join + "
-          f"row_number), one run: {spark_filtered:.2f} s")
     print(f"  lakerec, seen filtered, from raw pairs (seen lists + join + kernel): {e2e:.2f} s"
-          f" -> {spark_t / e2e:.1f}x Spark unfiltered, {spark_filtered / e2e:.1f}x Spark "
-          f"filtered, {floor / e2e:.0%} of the SGEMM rate")
+          f" -> {spark_t / e2e:.1f}x Spark, {floor / e2e:.0%} of the SGEMM rate")
     print(f"  lakerec, seen filtered, from prepared (user, factors, seen) rows: {job:.2f} s"
           f" -> {spark_t / job:.1f}x Spark, {floor / job:.0%} of the SGEMM rate")
     print(f"  kernel alone, 1 thread: {kern:.2f} s vs dense GEMM alone {gemm:.2f} s -> "

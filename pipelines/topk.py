@@ -242,22 +242,25 @@ def recommend(spark, users, item_ids: list[str], item_factors: np.ndarray, *, k:
     v = np.ascontiguousarray(item_factors, dtype=np.float32)
     ids = pa.array(list(item_ids), pa.string())
     key = order_key(item_ids)
-    bc = spark.sparkContext.broadcast((v, ids, key, index_items(v, key)))
+    # the sorted index only (half the bytes of sending the matrix twice); the GPU path
+    # restores the original row order from it
+    bc = spark.sparkContext.broadcast((ids, index_items(v, key)))
     rank_dim = v.shape[1]
 
     def run(batches):
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        v_, ids_, key_, index = bc.value
+        ids_, index = bc.value
         mode = choose_backend(backend)
         if mode == "cuda":
             import torch
 
             gpu = _task_gpu()
             device = torch.device("cuda", gpu or 0)
-            v_dev = torch.as_tensor(v_, device=device)
-            gpu_block = max(1, min(65536, (1 << 28) // max(1, len(v_))))
+            v_dev = torch.as_tensor(index.factors[index.position], device=device)
+            key_ = index.key[index.position]
+            gpu_block = max(1, min(65536, (1 << 28) // max(1, len(key_))))
         for batch in batches:
             n = batch.num_rows
             fac = batch.column("factors")
@@ -269,6 +272,9 @@ def recommend(spark, users, item_ids: list[str], item_factors: np.ndarray, *, k:
             np.cumsum(lens, out=indptr[1:])
             indices = pc.list_flatten(seen).to_numpy(zero_copy_only=False).astype(np.int64)
             step = gpu_block if mode == "cuda" else block
+            # one output batch per input batch: Arrow batches of a few thousand rows cost
+            # Spark a fixed conversion each (measured: ~0.1 s of a 0.7 s job at 256 users)
+            parts: list[tuple] = []
             for s0 in range(0, n, step):
                 s1 = min(n, s0 + step)
                 sub = (indptr[s0:s1 + 1] - indptr[s0], indices[indptr[s0]:indptr[s1]])
@@ -278,13 +284,16 @@ def recommend(spark, users, item_ids: list[str], item_factors: np.ndarray, *, k:
                 else:
                     idx, score, count = topk_block(u_all[s0:s1], index, sub, k, tile=tile)
                 valid = idx >= 0
-                rows = np.repeat(np.arange(s0, s1), count)
-                ranks = (np.cumsum(valid, axis=1)[valid]).astype(np.int32)
-                yield pa.RecordBatch.from_arrays(
-                    [batch.column("user_id").take(pa.array(rows)), pa.array(ranks),
-                     ids_.take(pa.array(idx[valid])),
-                     pa.array(score[valid].astype(np.float32))],
-                    names=["user_id", "rank", "item_id", "score"])
+                parts.append((np.repeat(np.arange(s0, s1), count),
+                              np.cumsum(valid, axis=1)[valid].astype(np.int32), idx[valid],
+                              score[valid].astype(np.float32)))
+            if not parts:
+                continue
+            rows, ranks, items, scores = (np.concatenate(c) for c in zip(*parts, strict=True))
+            yield pa.RecordBatch.from_arrays(
+                [batch.column("user_id").take(pa.array(rows)), pa.array(ranks),
+                 ids_.take(pa.array(items)), pa.array(scores)],
+                names=["user_id", "rank", "item_id", "score"])
 
     # The kernel is compute-bound: one task per core, no more (coalesce never shuffles).
     tasks = spark.sparkContext.defaultParallelism
