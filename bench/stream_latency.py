@@ -117,6 +117,40 @@ def commit_times(table_path: str, app: str) -> dict[int, float]:
     return out
 
 
+def start_stream(lh, bootstrap, topic, per_trigger, *extra):
+    """``lakerec stream`` as its own process (local[2], 0.5 s trigger) on ``topic``."""
+    env = {**os.environ, "LAKEREC_SPARK_MASTER": "local[2]"}
+    return subprocess.Popen(
+        [os.path.join(BIN, "lakerec"), "stream", "--lakehouse", lh, "--bootstrap", bootstrap,
+         "--topic", topic, "--query-name", topic, "--trigger-seconds", "0.5",
+         "--max-offsets-per-trigger", str(per_trigger), *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def stop_stream(stream) -> None:
+    """SIGTERM (stop after the batch in flight), then kill if it does not exit in 120 s."""
+    stream.send_signal(signal.SIGTERM)
+    try:
+        stream.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        stream.kill()
+
+
+def run_producers(bootstrap, topic, users, items, n_procs, *, rate=None, seconds=None,
+                  count=None) -> dict:
+    """``n_procs`` load generators (see :func:`produce`); returns seed -> send times."""
+    q = mp.Queue()
+    procs = [mp.Process(target=produce, args=(bootstrap, topic, users, items, rate, seconds,
+                                              seed, topic, q, count))
+             for seed in range(n_procs)]
+    for pr in procs:
+        pr.start()
+    sent = dict(q.get() for _ in procs)
+    for pr in procs:
+        pr.join()
+    return sent
+
+
 def run_rate(lh, bootstrap, rate, seconds, users, items):
     import pyarrow.compute as pc
 
@@ -126,12 +160,7 @@ def run_rate(lh, bootstrap, rate, seconds, users, items):
     topic = f"bench-{rate}-{int(time.time())}"
     broker.create_topic(bootstrap, topic, partitions=2)
     query = topic
-    env = {**os.environ, "LAKEREC_SPARK_MASTER": "local[2]"}
-    stream = subprocess.Popen(
-        [os.path.join(BIN, "lakerec"), "stream", "--lakehouse", lh, "--bootstrap", bootstrap,
-         "--topic", topic, "--query-name", query, "--trigger-seconds", "0.5",
-         "--max-offsets-per-trigger", str(max(2000, rate * 4))],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    stream = start_stream(lh, bootstrap, topic, max(2000, rate * 4))
     metrics = os.path.join(lh, "_stream", query, "batches.jsonl")
     # warm up: Spark start, Python workers, consumers, compiled code -- a stream that has been
     # running a while; not part of the measurement
@@ -153,17 +182,10 @@ def run_rate(lh, bootstrap, rate, seconds, users, items):
     n_warm = len(batches(metrics))
 
     producers = max(1, -(-rate // PER_PRODUCER))
-    q = mp.Queue()
-    procs = [mp.Process(target=produce, args=(bootstrap, topic, users, items, rate / producers,
-                                              seconds, seed, topic, q))
-             for seed in range(producers)]
     broker_cpu0, kids0 = process_cpu("tansu"), os.times()
     t0 = time.time()
-    for pr in procs:
-        pr.start()
-    sent = dict(q.get() for _ in procs)
-    for pr in procs:
-        pr.join()
+    sent = run_producers(bootstrap, topic, users, items, producers, rate=rate / producers,
+                         seconds=seconds)
     t_end = time.time()
     # what the load itself costs on the shared cores: the broker and the load generators
     kids = os.times()
@@ -180,11 +202,7 @@ def run_rate(lh, bootstrap, rate, seconds, users, items):
             drained = time.time() - t_end
             break
         time.sleep(0.2)
-    stream.send_signal(signal.SIGTERM)
-    try:
-        stream.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        stream.kill()
+    stop_stream(stream)
 
     inter = delta.arrow_dataset(lh, INTERACTIONS).to_table(
         columns=["event_id", "ingest_id"],
@@ -241,7 +259,7 @@ def process_cpu(name: str) -> float:
     return total
 
 
-def run_backlog(lh, bootstrap, n, users, items, per_trigger):  # noqa: PLR0913
+def run_backlog(lh, bootstrap, n, users, items, per_trigger):
     """The stream's capacity: ``n`` events already on the topic, the stream catching up.
 
     The load generators finish before the stream starts, so the stream has the cores to
@@ -253,23 +271,8 @@ def run_backlog(lh, bootstrap, n, users, items, per_trigger):  # noqa: PLR0913
 
     topic = f"backlog-{int(time.time())}"
     broker.create_topic(bootstrap, topic, partitions=2)
-    producers = 2
-    q = mp.Queue()
-    procs = [mp.Process(target=produce, args=(bootstrap, topic, users, items, None, None, seed,
-                                              topic, q, n // producers))
-             for seed in range(producers)]
-    for pr in procs:
-        pr.start()
-    for _ in procs:
-        q.get()
-    for pr in procs:
-        pr.join()
-    env = {**os.environ, "LAKEREC_SPARK_MASTER": "local[2]"}
-    stream = subprocess.Popen(
-        [os.path.join(BIN, "lakerec"), "stream", "--lakehouse", lh, "--bootstrap", bootstrap,
-         "--topic", topic, "--query-name", topic, "--trigger-seconds", "0.5",
-         "--starting-offsets", "earliest", "--max-offsets-per-trigger", str(per_trigger)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    run_producers(bootstrap, topic, users, items, 2, count=n // 2)
+    stream = start_stream(lh, bootstrap, topic, per_trigger, "--starting-offsets", "earliest")
     metrics = os.path.join(lh, "_stream", topic, "batches.jsonl")
     deadline = time.monotonic() + 600
     while sum(b["records"] for b in batches(metrics)) < n:
@@ -277,11 +280,7 @@ def run_backlog(lh, bootstrap, n, users, items, per_trigger):  # noqa: PLR0913
             stream.kill()
             raise SystemExit(f"backlog not drained: {stream.stderr.read()[-2000:]}")
         time.sleep(0.2)
-    stream.send_signal(signal.SIGTERM)
-    try:
-        stream.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        stream.kill()
+    stop_stream(stream)
     runs = batches(metrics)
     first, last = runs[0], runs[-1]
     recs = sum(b["records"] for b in runs[1:])
