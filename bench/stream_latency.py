@@ -41,6 +41,7 @@ from bench.common import machine  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 PER_PRODUCER = 2500  # records/s one load-generator process paces reliably here
+BACKLOG_PER_TRIGGER = 20_000  # --max-offsets-per-trigger of the capacity run
 WARM_ROUNDS, WARM_RECORDS = 3, 200
 
 
@@ -300,6 +301,9 @@ def main(argv=None) -> int:
                     help="also drain a backlog of this many events (e.g. 100000): the "
                          "stream's capacity with no load generator running")
     args = ap.parse_args(argv)
+    if 0 < args.backlog <= BACKLOG_PER_TRIGGER:
+        # the first batch is left out as warm-up: capacity needs at least a second one
+        ap.error(f"--backlog must exceed {BACKLOG_PER_TRIGGER:,} (one batch's worth)")
 
     from pipelines import broker
     from pipelines.sql import query
@@ -338,7 +342,8 @@ def main(argv=None) -> int:
                   f"{r['broker_cores']:.2f} and the load generators {r['producer_cores']:.2f} "
                   f"of the 2 cores meanwhile", flush=True)
         if args.backlog:
-            b = run_backlog(lh, st.bootstrap, args.backlog, users, items, per_trigger=20_000)
+            b = run_backlog(lh, st.bootstrap, args.backlog, users, items,
+                            per_trigger=BACKLOG_PER_TRIGGER)
             print(f"capacity: a backlog of {b['events']:,} events drained at "
                   f"{b['capacity']:,.0f} events/s ({b['batches']} batches of "
                   f"{b['mean_batch_records']:,.0f} records in {b['mean_batch_seconds']:.2f} s "
