@@ -184,12 +184,14 @@ def run_rate(lh, bootstrap, rate, seconds, users, items):
 
     producers = max(1, -(-rate // PER_PRODUCER))
     broker_cpu0, kids0 = process_cpu("tansu"), os.times()
+    stream_cpu0 = tree_cpu(stream.pid)
     t0 = time.time()
     sent = run_producers(bootstrap, topic, users, items, producers, rate=rate / producers,
                          seconds=seconds)
     t_end = time.time()
     # what the load itself costs on the shared cores: the broker and the load generators
     kids = os.times()
+    stream_cores = (tree_cpu(stream.pid) - stream_cpu0) / (t_end - t0)
     broker_cores = (process_cpu("tansu") - broker_cpu0) / (t_end - t0)
     producer_cores = (kids.children_user + kids.children_system - kids0.children_user
                       - kids0.children_system) / (t_end - t0)
@@ -203,6 +205,9 @@ def run_rate(lh, bootstrap, rate, seconds, users, items):
             drained = time.time() - t_end
             break
         time.sleep(0.2)
+    # the stream's CPU per event: from the first event to the last one refreshed (or the
+    # give-up), over the events it refreshed meanwhile
+    stream_ms = 1e3 * (tree_cpu(stream.pid) - stream_cpu0) / max(1, done - warm)
     stop_stream(stream)
 
     inter = delta.arrow_dataset(lh, INTERACTIONS).to_table(
@@ -229,6 +234,7 @@ def run_rate(lh, bootstrap, rate, seconds, users, items):
     return {
         "rate": rate, "producers": producers, "sent": n_sent, "achieved_rate": achieved,
         "broker_cores": broker_cores, "producer_cores": producer_cores,
+        "stream_cores": stream_cores, "stream_cpu_ms_per_event": stream_ms,
         "measured": len(lat), "p50": float(np.percentile(lat, 50)) if len(lat) else None,
         "p95": float(np.percentile(lat, 95)) if len(lat) else None,
         "p99": float(np.percentile(lat, 99)) if len(lat) else None,
@@ -242,21 +248,48 @@ def run_rate(lh, bootstrap, rate, seconds, users, items):
     }
 
 
-def process_cpu(name: str) -> float:
-    """CPU seconds used so far by the processes whose command line contains ``name``."""
-    total = 0.0
+def _proc_stats() -> dict[int, tuple[int, float, float]]:
+    """pid -> (parent pid, own CPU seconds, CPU seconds of its reaped children)."""
+    out, tck = {}, os.sysconf("SC_CLK_TCK")
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if name.encode() not in f.read():
-                    continue
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except OSError:
             continue
+        out[int(pid)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tck,
+                         (int(fields[13]) + int(fields[14])) / tck)
+    return out
+
+
+def process_cpu(name: str) -> float:
+    """CPU seconds used so far by the processes whose command line contains ``name``."""
+    total = 0.0
+    for pid, (_, own, _) in _proc_stats().items():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if name.encode() in f.read():
+                    total += own
+        except OSError:
+            continue
+    return total
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds used so far by ``root`` and all its descendants (the stream's driver, its
+    JVM and the Python workers), exited-and-reaped ones included."""
+    stats = _proc_stats()
+    kids: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in stats.items():
+        kids.setdefault(ppid, []).append(pid)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            total += stats[pid][1] + stats[pid][2]
+            todo.extend(kids.get(pid, ()))
     return total
 
 
@@ -276,11 +309,15 @@ def run_backlog(lh, bootstrap, n, users, items, per_trigger):
     stream = start_stream(lh, bootstrap, topic, per_trigger, "--starting-offsets", "earliest")
     metrics = os.path.join(lh, "_stream", topic, "batches.jsonl")
     deadline = time.monotonic() + 600
-    while sum(b["records"] for b in batches(metrics)) < n:
+    cpu_first = None  # the stream's CPU once the first (warm-up) batch is in
+    while (done := batches(metrics)) == [] or sum(b["records"] for b in done) < n:
         if time.monotonic() > deadline or stream.poll() is not None:
             stream.kill()
             raise SystemExit(f"backlog not drained: {stream.stderr.read()[-2000:]}")
+        if done and cpu_first is None:
+            cpu_first = tree_cpu(stream.pid)
         time.sleep(0.2)
+    cpu_last = tree_cpu(stream.pid)
     stop_stream(stream)
     runs = batches(metrics)
     first, last = runs[0], runs[-1]
@@ -288,6 +325,8 @@ def run_backlog(lh, bootstrap, n, users, items, per_trigger):
     span = last["at"] - first["at"]
     return {"events": n, "batches": len(runs), "records_after_first": recs,
             "seconds": span, "capacity": recs / span if span > 0 else None,
+            "stream_cpu_ms_per_event": (1e3 * (cpu_last - cpu_first) / max(1, recs)
+                                        if cpu_first is not None else None),
             "mean_batch_records": float(np.mean([b["records"] for b in runs[1:]])),
             "mean_batch_seconds": float(np.mean([b["seconds"] for b in runs[1:]]))}
 
@@ -340,14 +379,16 @@ def main(argv=None) -> int:
                   f"records in {r['mean_batch_seconds']:.2f} s -> "
                   f"{'sustained' if r['sustained'] else 'NOT sustained'}; the broker used "
                   f"{r['broker_cores']:.2f} and the load generators {r['producer_cores']:.2f} "
-                  f"of the 2 cores meanwhile", flush=True)
+                  f"of the 2 cores meanwhile, the stream {r['stream_cores']:.2f} "
+                  f"({r['stream_cpu_ms_per_event']:.2f} ms of CPU per event)", flush=True)
         if args.backlog:
             b = run_backlog(lh, st.bootstrap, args.backlog, users, items,
                             per_trigger=BACKLOG_PER_TRIGGER)
             print(f"capacity: a backlog of {b['events']:,} events drained at "
                   f"{b['capacity']:,.0f} events/s ({b['batches']} batches of "
                   f"{b['mean_batch_records']:,.0f} records in {b['mean_batch_seconds']:.2f} s "
-                  f"after the first), with no load generator running", flush=True)
+                  f"after the first), with no load generator running; the stream used "
+                  f"{b['stream_cpu_ms_per_event'] or float('nan'):.2f} ms of CPU per event", flush=True)
             results.append({"backlog": b})
     finally:
         broker.stop(os.path.join(work, "broker"))

@@ -84,7 +84,8 @@ _BOUND_SLACK = 1e-4
 
 
 def topk_block(users: np.ndarray, items, seen, k: int, key: np.ndarray | None = None, *,
-               tile: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               tile: int = 2048, step: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-``k`` items of a block of users, on the CPU.
 
     Parameters
@@ -96,6 +97,12 @@ def topk_block(users: np.ndarray, items, seen, k: int, key: np.ndarray | None = 
     k : int
     key : (N,) int64
         Tie-break order (:func:`order_key`); not needed with an :class:`ItemIndex`.
+    tile, step : int
+        Width of the first item tile and of every later one (default ``min(tile, 512)``).
+        On learned factors most users need about 2,000 of the longest items before the
+        norm bound finishes them (measured: median 2,144 of 19,613), so the first tile is
+        wide enough for the GEMM to run at full rate and the later ones narrow enough that
+        a user leaves soon after the bound says so.
 
     Returns
     -------
@@ -117,13 +124,15 @@ def topk_block(users: np.ndarray, items, seen, k: int, key: np.ndarray | None = 
     best_i = np.full((b, k), -1, dtype=np.int64)
     best_k = np.full((b, k), _NO_KEY, dtype=np.int64)
     active = np.arange(b)
-    for t0 in range(0, n, tile):
+    step = min(tile, 512) if step is None else step
+    t0 = 0
+    while t0 < n:
         # users whose K-th score no item from here on can beat are finished
         bound = u_norm[active] * index.norms[t0] + 1e-30
         active = active[~(best_s[active, k - 1] > bound)]
         if active.size == 0:
             break
-        t1 = min(n, t0 + tile)
+        t1 = min(n, t0 + (tile if t0 == 0 else step))
         s = users[active] @ v[t0:t1].T  # float32 GEMM, (B', r) x (r, T)
         in_tile = (cols >= t0) & (cols < t1)
         if in_tile.any():
@@ -134,6 +143,7 @@ def topk_block(users: np.ndarray, items, seen, k: int, key: np.ndarray | None = 
         bs, bi, bk = best_s[active], best_i[active], best_k[active]
         select_into(s, t0, index.key, bs, bi, bk)
         best_s[active], best_i[active], best_k[active] = bs, bi, bk
+        t0 = t1
     valid = best_i >= 0
     best_i = np.where(valid, index.order[np.maximum(best_i, 0)], -1)
     return best_i, best_s, valid.sum(axis=1)

@@ -33,16 +33,16 @@ def problems(draw):
     seen = [np.unique(rng.integers(0, n_items, rng.integers(0, n_items + 1)))
             for _ in range(n_users)]
     ids = [f"it{j:03d}" for j in rng.permutation(n_items)]
-    tile = draw(st.integers(1, 16))
-    return users, items, seen, k, ids, tile
+    tile, step = draw(st.integers(1, 16)), draw(st.integers(1, 16))
+    return users, items, seen, k, ids, tile, step
 
 
 @settings(max_examples=400, deadline=None)
 @given(problems())
 def test_blockwise_topk_equals_brute_force(p):
-    users, items, seen, k, ids, tile = p
+    users, items, seen, k, ids, tile, step = p
     key = topk.order_key(ids)
-    idx, score, count = topk.topk_block(users, items, seen, k, key, tile=tile)
+    idx, score, count = topk.topk_block(users, items, seen, k, key, tile=tile, step=step)
     expected = topk.brute_force(users, items, seen, k, key)
     for u, exp in enumerate(expected):
         assert count[u] == len(exp) == min(k, items.shape[0] - len(seen[u]))
@@ -121,7 +121,7 @@ gpu = pytest.mark.skipif(not _cuda(), reason="needs torch with a CUDA device")
 def test_gpu_kernel_equals_brute_force(p):
     import torch
 
-    users, items, seen, k, ids, _ = p
+    users, items, seen, k, ids, _, _ = p
     key = topk.order_key(ids)
     # integer-valued factors: dot products are exact in float32 on any hardware, so the
     # GPU must reproduce the reference exactly, ties included
