@@ -100,9 +100,9 @@ def topk_block(users: np.ndarray, items, seen, k: int, key: np.ndarray | None = 
     tile, step : int
         Width of the first item tile and of every later one (default ``min(tile, 512)``).
         On learned factors most users need about 2,000 of the longest items before the
-        norm bound finishes them (measured: median 2,144 of 19,613), so the first tile is
-        wide enough for the GEMM to run at full rate and the later ones narrow enough that
-        a user leaves soon after the bound says so.
+        norm bound finishes them (measured: median 1,827 of 19,613, 27% past 2,048), so
+        the first tile covers most users and the later ones are narrow enough that a user
+        leaves soon after the bound says so.
 
     Returns
     -------
