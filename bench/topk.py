@@ -10,17 +10,19 @@ data) for every contender:
 * lakerec's ``topk.recommend`` through Spark, seen items excluded, end to end (seen lists
   built from the interactions, the kernel on executors, the result materialised);
 * the kernel alone in this process, single-threaded, and the GEMM alone with the same block
-  shapes: the SGEMM rate measured here is the floor every top-K pays.
+  shapes, through numpy's BLAS and through the BLAS the kernel calls (SciPy's, from numba):
+  the faster of the two SGEMM rates measured here is the floor every top-K pays.
 
-Prints wall times, the ratio to Spark, the fraction of the measured SGEMM rate reached, and
-peak memory.
+Spark's baseline runs ``--spark-runs`` times and lakerec's job ``--runs`` times after a
+warm-up; best and median of each are printed, and the ratios of both. The kernel's peak
+memory is measured in a child process (the growth of its peak RSS while the kernel runs),
+so allocations made inside compiled code count too.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-import tracemalloc
 
 import numpy as np
 from common import indexed_events, machine, peak_rss_mb, session, timed
@@ -37,6 +39,8 @@ def main() -> None:
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--block", type=int, default=256)
     p.add_argument("--tile", type=int, default=2048)
+    p.add_argument("--spark-runs", type=int, default=3)
+    p.add_argument("--runs", type=int, default=10, help="runs of each lakerec contender")
     a = p.parse_args()
 
     from pyspark.sql import functions as F
@@ -83,18 +87,24 @@ def main() -> None:
     # warm-up: JIT, Python workers, the kernel's compiled-code cache
     spark_baseline(2000)
     ours(2000)
-    for rep in (1, 2, 3):
+    prepared = users.join(topk.seen_rows(seen_pairs, item_ids, spark), "user_id",
+                          "left").persist()
+    prepared.count()
+    runs: dict[str, list[float]] = {"spark": [], "raw": [], "prepared": []}
+    for rep in range(1, max(a.spark_runs, a.runs) + 1):
         print(f"run {rep}")
-        with timed(f"Spark recommendForAllUsers (no seen filter) #{rep}", t):
-            spark_baseline()
-        with timed(f"lakerec: seen lists + join + recommend #{rep}", t):
-            ours()
-        prepared = users.join(topk.seen_rows(seen_pairs, item_ids, spark), "user_id",
-                              "left").persist()
-        prepared.count()
-        with timed(f"lakerec: recommend from prepared inputs #{rep}", t):
-            ours(prepared=prepared)
-        prepared.unpersist()
+        if rep <= a.spark_runs:
+            with timed(f"Spark recommendForAllUsers (no seen filter) #{rep}", t):
+                spark_baseline()
+            runs["spark"].append(t[f"Spark recommendForAllUsers (no seen filter) #{rep}"])
+        if rep <= a.runs:
+            with timed(f"lakerec: seen lists + join + recommend #{rep}", t):
+                ours()
+            runs["raw"].append(t[f"lakerec: seen lists + join + recommend #{rep}"])
+            with timed(f"lakerec: recommend from prepared inputs #{rep}", t):
+                ours(prepared=prepared)
+            runs["prepared"].append(t[f"lakerec: recommend from prepared inputs #{rep}"])
+    prepared.unpersist()
 
     # in-process kernel and GEMM floor, one thread, same shapes
     u_all = np.array([r.features for r in uf.orderBy("id").collect()], dtype=np.float32)
@@ -104,58 +114,163 @@ def main() -> None:
     seen_map = {int(u): np.array([row_of[x] for x in s], np.int64)
                 for u, s in zip(seen_pd.user_idx, seen_pd.s, strict=True)}
     ids_sorted = sorted(r.id for r in uf.select("id").collect())
-    seen_list = [seen_map.get(u, np.zeros(0, np.int64)) for u in ids_sorted]
+    seen_csr = topk._csr([seen_map.get(u, np.zeros(0, np.int64)) for u in ids_sorted])
     key = topk.order_key(item_ids)
     index = topk.index_items(v, key)
-    topk.topk_block(u_all[:8], index, seen_list[:8], a.k)  # compile once
+    no_prune = topk.ItemIndex(index.factors, np.full(len(v), np.inf), index.key,
+                              index.order, index.position)
+    # compile (and load SciPy's BLAS) before limiting threads: a BLAS loaded inside the
+    # limit would escape it
+    topk.topk_block(u_all[:8], index, (seen_csr[0][:9], seen_csr[1]), a.k)
+    gemm_numba(u_all[:8], v, a.block, a.tile)
+    gemm = {}
     with threadpool_limits(1):
+        for name, fn in (("numpy", gemm_numpy), ("kernel's BLAS", gemm_numba)):
+            best_g = np.inf
+            for _ in range(2):
+                t0 = time.perf_counter()
+                fn(u_all, v, a.block, a.tile)
+                best_g = min(best_g, time.perf_counter() - t0)
+            gemm[name] = best_g
+        kern = full = np.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            topk.topk_block(u_all, index, seen_csr, a.k, tile=a.tile, block=a.block)
+            kern = min(kern, time.perf_counter() - t0)
         t0 = time.perf_counter()
-        for s0 in range(0, len(u_all), a.block):
-            ub = u_all[s0:s0 + a.block]
-            for c0 in range(0, len(v), a.tile):
-                ub @ v[c0:c0 + a.tile].T
-        t["GEMM only, 1 thread"] = gemm = time.perf_counter() - t0
-        tracemalloc.start()
-        t0 = time.perf_counter()
-        for s0 in range(0, len(u_all), a.block):
-            topk.topk_block(u_all[s0:s0 + a.block], index, seen_list[s0:s0 + a.block], a.k,
-                            tile=a.tile)
-        t["kernel only, 1 thread"] = kern = time.perf_counter() - t0
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        no_prune = topk.ItemIndex(index.factors, np.full(len(v), np.inf), index.key,
-                                  index.order, index.position)
-        t0 = time.perf_counter()
-        for s0 in range(0, len(u_all), a.block):
-            topk.topk_block(u_all[s0:s0 + a.block], no_prune, seen_list[s0:s0 + a.block],
-                            a.k, tile=a.tile)
-        t["kernel without the norm bound, 1 thread"] = full = time.perf_counter() - t0
+        topk.topk_block(u_all, no_prune, seen_csr, a.k, tile=a.tile, block=a.block)
+        full = time.perf_counter() - t0
+    # one Arrow batch (what a Spark task holds at once: 10,000 rows by default), then all
+    sizes = [min(10_000, len(u_all)), len(u_all)]
+    peaks = kernel_peak_mib(u_all, v, key, seen_csr, a.k, a.block, a.tile, sizes)
     flops = 2.0 * len(u_all) * len(v) * a.rank
-    rate = flops / gemm
+    gemm_t = min(gemm.values())
+    rate = flops / gemm_t
     floor = flops / (rate * a.cores)
 
-    best = {name: min(v_ for k_, v_ in t.items() if k_.startswith(name))
-            for name in ("Spark recommendForAllUsers", "lakerec: seen lists",
-                         "lakerec: recommend from prepared")}
-    spark_t, e2e, job = best.values()
-    print("\nresults (best of 3 after a warm-up; every run above)")
-    print(f"  SGEMM rate measured here: {rate / 1e9:.1f} GFLOP/s per core; "
-          f"{flops / 1e9:.0f} GFLOP in all")
-    print(f"  GEMM floor on {a.cores} cores: {floor:.2f} s")
-    print(f"  Spark recommendForAllUsers({a.k}), no seen filter: {spark_t:.2f} s")
-    print(f"  lakerec, seen filtered, from raw pairs (seen lists + join + kernel): {e2e:.2f} s"
-          f" -> {spark_t / e2e:.1f}x Spark, {floor / e2e:.0%} of the SGEMM rate")
-    print(f"  lakerec, seen filtered, from prepared (user, factors, seen) rows: {job:.2f} s"
-          f" -> {spark_t / job:.1f}x Spark, {floor / job:.0%} of the SGEMM rate")
-    print(f"  kernel alone, 1 thread: {kern:.2f} s vs dense GEMM alone {gemm:.2f} s -> "
-          f"{gemm / kern:.0%} of the SGEMM rate including selection and the seen filter "
+    spark_t = min(runs["spark"])
+    spark_med = float(np.median(runs["spark"]))
+    e2e, job = min(runs["raw"]), min(runs["prepared"])
+    e2e_med, job_med = float(np.median(runs["raw"])), float(np.median(runs["prepared"]))
+    print(f"\nresults ({len(runs['spark'])} Spark runs, {len(runs['prepared'])} of each "
+          f"lakerec contender, after a warm-up; every run above)")
+    print("  SGEMM rate measured here, 1 thread: " + ", ".join(
+        f"{n} {flops / g / 1e9:.1f} GFLOP/s" for n, g in gemm.items())
+        + f"; {flops / 1e9:.0f} GFLOP in all")
+    print(f"  GEMM floor on {a.cores} cores at the faster rate: {floor:.2f} s")
+    print(f"  Spark recommendForAllUsers({a.k}), no seen filter: best {spark_t:.2f} s, "
+          f"median {spark_med:.2f} s")
+    print(f"  lakerec, seen filtered, from raw pairs (seen lists + join + kernel): best "
+          f"{e2e:.2f} s -> {spark_t / e2e:.1f}x Spark; median {e2e_med:.2f} s -> "
+          f"{spark_med / e2e_med:.1f}x")
+    print(f"  lakerec, seen filtered, from prepared (user, factors, seen) rows: best {job:.2f} s"
+          f" -> {spark_t / job:.1f}x Spark, {floor / job:.0%} of the SGEMM rate; median "
+          f"{job_med:.2f} s -> {spark_med / job_med:.1f}x")
+    print(f"  kernel alone, 1 thread: {kern:.2f} s vs dense GEMM alone {gemm_t:.2f} s -> "
+          f"{gemm_t / kern:.0%} of the SGEMM rate including selection and the seen filter "
           f"(the norm bound skips most of the GEMM)")
-    print(f"  kernel without the norm bound, 1 thread: {full:.2f} s -> {gemm / full:.0%} "
+    print(f"  kernel without the norm bound, 1 thread: {full:.2f} s -> {gemm_t / full:.0%} "
           f"of the SGEMM rate (every score computed)")
-    print(f"  kernel peak memory (tracemalloc): {peak / 2**20:.1f} MiB for blocks of "
-          f"{a.block} users x tiles of {a.tile} items; bench process peak RSS "
+    print("  kernel peak memory over its inputs (blocks of "
+          f"{a.block} users x tiles of {a.tile} items): " + ", ".join(
+              f"{m:.1f} MiB for {n:,} users" for n, m in zip(sizes, peaks, strict=True))
+          + f" (a dense users x items score matrix would be "
+          f"{len(u_all) * len(v) * 4 / 2**20:,.0f} MiB); bench process peak RSS "
           f"{peak_rss_mb():.0f} MiB")
     spark.stop()
+
+
+def gemm_numpy(u, v, block, tile):
+    for s0 in range(0, len(u), block):
+        ub = u[s0:s0 + block]
+        for c0 in range(0, len(v), tile):
+            ub @ v[c0:c0 + tile].T
+
+
+def gemm_numba(u, v, block, tile):
+    return _gemm_numba()(u, v, block, tile)
+
+
+def _gemm_numba():
+    """The dense GEMM through the BLAS the kernel calls (numba's ``np.dot``: SciPy's sgemm)."""
+    from numba import njit
+
+    global _GEMM
+    if _GEMM is None:
+        @njit(nogil=True)
+        def run(u, v, block, tile):
+            out = np.empty(min(block, u.shape[0]) * tile, np.float32)
+            for s0 in range(0, u.shape[0], block):
+                ub = u[s0:s0 + block]
+                for c0 in range(0, v.shape[0], tile):
+                    vt = v[c0:c0 + tile]
+                    np.dot(ub, vt.T, out[:ub.shape[0] * vt.shape[0]].reshape(
+                        (ub.shape[0], vt.shape[0])))
+        _GEMM = run
+    return _GEMM
+
+
+_GEMM = None
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _kernel_peak_child(folder, k, block, tile, sizes, conn):
+    from pipelines import topk
+
+    u = np.load(f"{folder}/u.npy")
+    v = np.load(f"{folder}/v.npy")
+    key = np.load(f"{folder}/key.npy")
+    indptr, indices = np.load(f"{folder}/indptr.npy"), np.load(f"{folder}/indices.npy")
+    index = topk.index_items(v, key)
+    topk.topk_block(u[:8], index, (indptr[:9], indices), k)  # compile before measuring
+    out = []
+    for n in sizes:
+        csr = (indptr[:n + 1], indices[:indptr[n]])
+        rss = _status_kib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak (VmHWM) to the current RSS
+        topk.topk_block(u[:n], index, csr, k, tile=tile, block=block)
+        out.append((_status_kib("VmHWM") - rss) / 1024)
+    conn.send(out)
+
+
+def kernel_peak_mib(u, v, key, csr, k, block, tile, sizes) -> list[float]:
+    """Peak memory the kernel adds while it scores the first ``n`` users, for each ``n``.
+
+    Measured in a fresh process from its peak RSS (reset just before each call), so
+    allocations inside compiled code count, with glibc told to return every large block to
+    the system at once: otherwise a freed buffer stays resident and hides the next one.
+    """
+    import multiprocessing as mp
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        for name, arr in (("u", u), ("v", v), ("key", key), ("indptr", csr[0]),
+                          ("indices", csr[1])):
+            np.save(f"{folder}/{name}.npy", arr)
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        saved = {n: os.environ.get(n) for n in ("MALLOC_MMAP_THRESHOLD_",
+                                                "MALLOC_TRIM_THRESHOLD_")}
+        os.environ.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
+        try:
+            proc = ctx.Process(target=_kernel_peak_child,
+                               args=(folder, k, block, tile, sizes, child))
+            proc.start()
+        finally:
+            for n, val in saved.items():
+                if val is None:
+                    os.environ.pop(n, None)
+                else:
+                    os.environ[n] = val
+        out = parent.recv()
+        proc.join()
+    return out
 
 
 if __name__ == "__main__":

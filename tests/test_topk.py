@@ -15,7 +15,9 @@ from pipelines import topk
 @st.composite
 def problems(draw):
     n_users = draw(st.integers(1, 12))
-    n_items = draw(st.integers(1, 40))
+    # wide catalogues too, so that tiles span several of the selection's 64-score segments
+    wide = draw(st.booleans())
+    n_items = draw(st.integers(1, 300 if wide else 40))
     rank = draw(st.integers(1, 4))
     k = draw(st.integers(1, 12))
     seed = draw(st.integers(0, 2**31 - 1))
@@ -33,16 +35,18 @@ def problems(draw):
     seen = [np.unique(rng.integers(0, n_items, rng.integers(0, n_items + 1)))
             for _ in range(n_users)]
     ids = [f"it{j:03d}" for j in rng.permutation(n_items)]
-    tile, step = draw(st.integers(1, 16)), draw(st.integers(1, 16))
-    return users, items, seen, k, ids, tile, step
+    width = st.integers(1, 300 if wide else 16)
+    tile, step, block = draw(width), draw(width), draw(st.integers(1, 8))
+    return users, items, seen, k, ids, tile, step, block
 
 
 @settings(max_examples=400, deadline=None)
 @given(problems())
 def test_blockwise_topk_equals_brute_force(p):
-    users, items, seen, k, ids, tile, step = p
+    users, items, seen, k, ids, tile, step, block = p
     key = topk.order_key(ids)
-    idx, score, count = topk.topk_block(users, items, seen, k, key, tile=tile, step=step)
+    idx, score, count = topk.topk_block(users, items, seen, k, key, tile=tile, step=step,
+                                        block=block)
     expected = topk.brute_force(users, items, seen, k, key)
     for u, exp in enumerate(expected):
         assert count[u] == len(exp) == min(k, items.shape[0] - len(seen[u]))
@@ -121,7 +125,7 @@ gpu = pytest.mark.skipif(not _cuda(), reason="needs torch with a CUDA device")
 def test_gpu_kernel_equals_brute_force(p):
     import torch
 
-    users, items, seen, k, ids, _, _ = p
+    users, items, seen, k, ids, *_ = p
     key = topk.order_key(ids)
     # integer-valued factors: dot products are exact in float32 on any hardware, so the
     # GPU must reproduce the reference exactly, ties included
