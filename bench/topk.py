@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 from common import indexed_events, machine, peak_rss_mb, session, timed
+from numba import njit
 
 
 def main() -> None:
@@ -181,36 +182,25 @@ def main() -> None:
 
 
 def gemm_numpy(u, v, block, tile):
+    """The dense GEMM in the kernel's shapes through numpy's BLAS, into one reused buffer."""
+    out = np.empty(min(block, len(u)) * tile, np.float32)
     for s0 in range(0, len(u), block):
         ub = u[s0:s0 + block]
         for c0 in range(0, len(v), tile):
-            ub @ v[c0:c0 + tile].T
+            vt = v[c0:c0 + tile]
+            np.matmul(ub, vt.T, out=out[:len(ub) * len(vt)].reshape(len(ub), len(vt)))
 
 
-def gemm_numba(u, v, block, tile):
-    return _gemm_numba()(u, v, block, tile)
-
-
-def _gemm_numba():
-    """The dense GEMM through the BLAS the kernel calls (numba's ``np.dot``: SciPy's sgemm)."""
-    from numba import njit
-
-    global _GEMM
-    if _GEMM is None:
-        @njit(nogil=True)
-        def run(u, v, block, tile):
-            out = np.empty(min(block, u.shape[0]) * tile, np.float32)
-            for s0 in range(0, u.shape[0], block):
-                ub = u[s0:s0 + block]
-                for c0 in range(0, v.shape[0], tile):
-                    vt = v[c0:c0 + tile]
-                    np.dot(ub, vt.T, out[:ub.shape[0] * vt.shape[0]].reshape(
-                        (ub.shape[0], vt.shape[0])))
-        _GEMM = run
-    return _GEMM
-
-
-_GEMM = None
+@njit(nogil=True)
+def gemm_numba(u, v, block, tile):  # pragma: no cover - compiled
+    """The same through the BLAS the kernel calls (numba's ``np.dot``: SciPy's sgemm)."""
+    out = np.empty(min(block, u.shape[0]) * tile, np.float32)
+    for s0 in range(0, u.shape[0], block):
+        ub = u[s0:s0 + block]
+        for c0 in range(0, v.shape[0], tile):
+            vt = v[c0:c0 + tile]
+            np.dot(ub, vt.T, out[:ub.shape[0] * vt.shape[0]].reshape((ub.shape[0],
+                                                                      vt.shape[0])))
 
 
 def _status_kib(field: str) -> int:

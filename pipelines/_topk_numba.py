@@ -76,7 +76,7 @@ def topk_sorted(users, slack, items, item_norm, key, indptr, seen, block, first,
     n = items.shape[0]
     neg_inf = -np.inf
     # buffers reused by every block and tile: with a fresh score matrix per GEMM, libc took
-    # 18% of a Spark worker's samples in a native profile (allocation, first touch)
+    # 18% of a Spark worker's samples in a native profile
     score_buf = np.empty(min(block, b) * max(first, step), np.float32)
     user_buf = np.empty((min(block, b), r), np.float32)
     bound_norm = np.empty(b)
