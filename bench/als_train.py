@@ -44,7 +44,7 @@ def metrics_of(spark, user_vecs: dict, item_vecs: np.ndarray, train, relevant, k
     """NDCG etc. through lakerec's kernel and metrics, for arbitrary (user -> vector) factors."""
     from pyspark.sql import functions as F
 
-    from pipelines import metrics, topk
+    from pipelines.batch import metrics, recommend
 
     item_ids = [str(i) for i in range(item_vecs.shape[0])]
     rows = [(str(u), v.astype(np.float32).tolist()) for u, v in user_vecs.items()]
@@ -52,7 +52,7 @@ def metrics_of(spark, user_vecs: dict, item_vecs: np.ndarray, train, relevant, k
     users = users.join(relevant.select("user_id").distinct(), "user_id", "left_semi")
     seen = train.groupBy(F.col("user_idx").cast("string").alias("user_id")) \
         .agg(F.collect_list("item_idx").alias("seen"))
-    recs = topk.recommend(spark, users.join(seen, "user_id", "left"), item_ids, item_vecs, k=k)
+    recs = recommend.recommend(spark, users.join(seen, "user_id", "left"), item_ids, item_vecs, k=k)
     return metrics.ranking_metrics(recs, relevant, k=k, catalog_size=len(item_ids))
 
 
@@ -83,15 +83,24 @@ def main() -> None:
     from pyspark.sql import functions as F
     from threadpoolctl import threadpool_limits
 
-    from pipelines import als
+    from pipelines.batch import trainers
+    from pipelines.model import als
+    from pipelines.model.card import ModelCard
+    from pipelines.model.trainer import FoldInRule
+    from schemas.events import default_weights
+
+    def spark_fit(ratings, n):
+        card = ModelCard(rank=a.rank, alpha=a.alpha, reg=a.reg, max_iter=n)
+        return trainers.get("als").fit(spark, ratings, card).native
 
     print(f"machine: {machine()}; implicit {implicit.__version__}")
     spark = session(a.cores)
     t: dict[str, float] = {}
     ev = indexed_events(spark, users=a.users, items=a.items, events=a.events).persist()
     cutoff = dt.datetime(2024, 6, 28, tzinfo=dt.UTC)  # 27 days train, 3 days holdout
-    train = als.confidence(ev.where(F.col("ts") < F.lit(cutoff)), user_col="user_idx",
-                           item_col="item_idx").persist()
+    train = trainers.confidence(ev.where(F.col("ts") < F.lit(cutoff)),
+                                weights=default_weights(), user_col="user_idx",
+                                item_col="item_idx").persist()
     test = ev.where(F.col("ts") >= F.lit(cutoff)).select("user_idx", "item_idx").distinct()
     relevant = (test.join(train.select("user_idx").distinct(), "user_idx", "left_semi")
                 .join(train.select("user_idx", "item_idx"), ["user_idx", "item_idx"],
@@ -115,12 +124,12 @@ def main() -> None:
     # untimed warm-up: the first fit of a session pays JIT and first-touch costs (11.9 s for
     # one iteration against 5.2 s for the next one here), which would shrink the difference
     with timed("Spark ALS, 1 iteration, warm-up (not counted)", t):
-        als.fit(ratings, rank=a.rank, alpha=a.alpha, reg=a.reg, max_iter=1)
+        spark_fit(ratings, 1)
     for rep in range(a.spark_repeats):
         for n in (1, a.iters):
             # ALS.fit returns once the final factors are materialised (cached and counted)
             with timed(f"Spark ALS, {n} iteration(s) #{rep + 1}", t):
-                m = als.fit(ratings, rank=a.rank, alpha=a.alpha, reg=a.reg, max_iter=n)
+                m = spark_fit(ratings, n)
             fits[n].append(t[f"Spark ALS, {n} iteration(s) #{rep + 1}"])
             if n == a.iters:
                 model = m
@@ -141,8 +150,8 @@ def main() -> None:
     worst = 0.0
     for u in rng.choice(np.flatnonzero(n_u > 0), 200, replace=False):
         row = conf.getrow(u)
-        mine = als.fold_in(itf, yty, row.indices, (row.data - 1.0) / a.alpha, alpha=a.alpha,
-                           reg=a.reg)
+        mine = als.fold_in(itf, yty, row.indices, (row.data - 1.0) / a.alpha,
+                           rule=FoldInRule(a.alpha, a.reg))
         theirs = user_factor(itf.astype(np.float64), yty, row, 0, a.reg * row.nnz, a.rank)
         worst = max(worst, float(np.abs(theirs - mine).max() / max(1e-12,
                                                                     np.abs(mine).max())))

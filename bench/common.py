@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def session(cores: int = 2, memory: str = "8g"):
-    from pipelines.session import build_session
+    from pipelines.runtime.session import build_session
 
     return build_session("lakerec-bench", master=f"local[{cores}]",
                          conf={"spark.driver.memory": memory,
@@ -33,8 +33,8 @@ def indexed_events(spark, *, users: int, items: int, events: int, days: int = 30
     """The project's synthetic events with dense int ids (``user-000123`` -> 123)."""
     from pyspark.sql import functions as F
 
-    from pipelines.generate import SyntheticSpec
-    from pipelines.generate import events as generate_events
+    from pipelines.dev.generate import SyntheticSpec
+    from pipelines.dev.generate import events as generate_events
 
     spec = SyntheticSpec(users=users, items=items, events=events, days=days, seed=seed,
                          clusters=20, start=dt.date(2024, 6, 1))

@@ -33,8 +33,8 @@ VARIANTS = ("fp32", "int8")
 def catalog_texts(spark, n: int) -> list[str]:
     import datetime as dt
 
-    from pipelines.encoder import item_text
-    from pipelines.generate import SyntheticSpec, catalog
+    from pipelines.dev.generate import SyntheticSpec, catalog
+    from pipelines.model.encoder import item_text
 
     spec = SyntheticSpec(users=10, items=n, events=10, clusters=20, start=dt.date(2024, 6, 1))
     rows = catalog(spark, spec).orderBy("item_id").collect()
@@ -43,7 +43,7 @@ def catalog_texts(spark, n: int) -> list[str]:
 
 def _encode(args):
     folder, variant, threads, texts, batch = args
-    from pipelines.encoder import Encoder
+    from pipelines.model.encoder import Encoder
 
     enc = Encoder.load(folder, variant=variant, threads=threads)
     enc.encode(texts[:batch], batch_size=batch)  # warm-up
@@ -66,8 +66,8 @@ def standalone(folder, variant, texts, *, procs: int, threads: int, batch: int):
 
 
 def in_spark(spark, folder, variant, texts, *, cores: int, batch: int) -> float:
-    from pipelines.embed import embed_texts
-    from pipelines.encoder import Bundle
+    from pipelines.batch.embed import embed_texts
+    from pipelines.model.encoder import Bundle
 
     df = spark.createDataFrame([(t,) for t in texts], "text string").repartition(cores).cache()
     df.count()
@@ -95,7 +95,7 @@ def main() -> None:
     spark = session(a.cores, "4g")
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")
     texts = catalog_texts(spark, a.texts)
-    from pipelines.encoder import Encoder
+    from pipelines.model.encoder import Encoder
 
     enc = Encoder.load(a.encoder, variant="fp32", threads=1)
     lens = [sum(e.attention_mask) for e in enc.tokenizer.encode_batch(texts[:500])]

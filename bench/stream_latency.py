@@ -66,7 +66,7 @@ def produce(bootstrap, topic, users, items, rate, seconds, seed, prefix, out, co
     """
     from confluent_kafka import Producer
 
-    from pipelines import feedback
+    from pipelines.dev import feedback
 
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "batch.num.messages": 1,
                   "acks": "1", "log_level": 3})
@@ -155,7 +155,8 @@ def run_producers(bootstrap, topic, users, items, n_procs, *, rate=None, seconds
 def run_rate(lh, bootstrap, rate, seconds, users, items):
     import pyarrow.compute as pc
 
-    from pipelines import broker, delta
+    from pipelines.dev import broker
+    from pipelines.storage import delta
     from schemas.tables import INTERACTIONS
 
     topic = f"bench-{rate}-{int(time.time())}"
@@ -165,7 +166,7 @@ def run_rate(lh, bootstrap, rate, seconds, users, items):
     metrics = os.path.join(lh, "_stream", query, "batches.jsonl")
     # warm up: Spark start, Python workers, consumers, compiled code -- a stream that has been
     # running a while; not part of the measurement
-    from pipelines import feedback
+    from pipelines.dev import feedback
 
     warm = 0
     for w in range(WARM_ROUNDS):
@@ -301,7 +302,7 @@ def run_backlog(lh, bootstrap, n, users, items, per_trigger):
     time from the first batch's end to the last one's (Spark's start and first-batch warm-up
     left out).
     """
-    from pipelines import broker
+    from pipelines.dev import broker
 
     topic = f"backlog-{int(time.time())}"
     broker.create_topic(bootstrap, topic, partitions=2)
@@ -348,8 +349,8 @@ def main(argv=None) -> int:
         # the first batch is left out as warm-up: capacity needs at least a second one
         ap.error(f"--backlog must exceed {BACKLOG_PER_TRIGGER:,} (one batch's worth)")
 
-    from pipelines import broker
-    from pipelines.sql import query
+    from pipelines.dev import broker
+    from pipelines.storage.sql import query
 
     work = tempfile.mkdtemp(prefix="lakerec-bench-stream-")
     lh = os.path.join(work, "lh")

@@ -7,7 +7,7 @@ One process, the same learned factors (Spark ML implicit ALS on the project's sy
 data) for every contender:
 
 * Spark ``ALSModel.recommendForAllUsers(k)`` -- which does not filter seen items;
-* lakerec's ``topk.recommend`` through Spark, seen items excluded, end to end (seen lists
+* lakerec's ``recommend.recommend`` through Spark, seen items excluded, end to end (seen lists
   built from the interactions, the kernel on executors, the result materialised);
 * the kernel alone in this process, single-threaded, and the GEMM alone with the same block
   shapes, through numpy's BLAS and through the BLAS the kernel calls (SciPy's, from numba):
@@ -47,7 +47,10 @@ def main() -> None:
     from pyspark.sql import functions as F
     from threadpoolctl import threadpool_limits
 
-    from pipelines import als, topk
+    from pipelines.batch import recommend, trainers
+    from pipelines.model import topk
+    from pipelines.model.card import ModelCard
+    from schemas.events import default_weights
 
     print(f"machine: {machine()}")
     spark = session(a.cores)
@@ -55,9 +58,10 @@ def main() -> None:
     print(f"data: {a.users:,} users x {a.items:,} items, ~{a.events:,} events, rank {a.rank}")
     with timed("generate + ALS fit (not compared)", t):
         ev = indexed_events(spark, users=a.users, items=a.items, events=a.events)
-        pairs = als.confidence(ev, user_col="user_idx", item_col="item_idx").persist()
-        model = als.fit(pairs.select("user_idx", "item_idx", F.col("r").cast("float")),
-                        rank=a.rank, alpha=5.0, reg=0.05, max_iter=a.iters)
+        pairs = trainers.confidence(ev, weights=default_weights(), user_col="user_idx",
+                                    item_col="item_idx").persist()
+        model = trainers.get("als").fit(spark, pairs, ModelCard(
+            rank=a.rank, alpha=5.0, reg=0.05, max_iter=a.iters)).native
         uf = model.userFactors.persist()
         itf = sorted(model.itemFactors.collect(), key=lambda r: r.id)
         n_users, n_pairs = uf.count(), pairs.count()
@@ -78,17 +82,17 @@ def main() -> None:
     def ours(n=None, prepared=None):
         inp = prepared
         if inp is None:
-            seen = topk.seen_rows(seen_pairs, item_ids, spark)
+            seen = recommend.seen_rows(seen_pairs, item_ids, spark)
             inp = users.join(seen, "user_id", "left")
         if n:
             inp = inp.limit(n)
-        topk.recommend(spark, inp, item_ids, v, k=a.k, block=a.block, tile=a.tile,
+        recommend.recommend(spark, inp, item_ids, v, k=a.k, block=a.block, tile=a.tile,
                        backend="cpu").write.format("noop").mode("overwrite").save()
 
     # warm-up: JIT, Python workers, the kernel's compiled-code cache
     spark_baseline(2000)
     ours(2000)
-    prepared = users.join(topk.seen_rows(seen_pairs, item_ids, spark), "user_id",
+    prepared = users.join(recommend.seen_rows(seen_pairs, item_ids, spark), "user_id",
                           "left").persist()
     prepared.count()
     runs: dict[str, list[float]] = {"spark": [], "raw": [], "prepared": []}
@@ -209,7 +213,7 @@ def _status_kib(field: str) -> int:
 
 
 def _kernel_peak_child(folder, k, block, tile, sizes, conn):
-    from pipelines import topk
+    from pipelines.model import topk
 
     u = np.load(f"{folder}/u.npy")
     v = np.load(f"{folder}/v.npy")

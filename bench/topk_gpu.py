@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipelines import topk  # noqa: E402
+from pipelines.model import topk  # noqa: E402
 
 
 def main() -> None:

@@ -15,8 +15,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-from pipelines import cli
-from pipelines.config import positive_int
+from pipelines.runtime import cli
+from pipelines.runtime.config import positive_int
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def parse(argv: list[str] | None) -> BrokerConfig:
 
 
 def body(_spark, cfg: BrokerConfig) -> int:
-    from pipelines import broker
+    from pipelines.dev import broker
 
     if cfg.action == "start":
         st = broker.start(cfg.folder, port=cfg.port, storage=cfg.storage)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from pipelines import cli
-from pipelines.config import positive_int
+from pipelines.model.card import DEFAULTS
+from pipelines.runtime import cli
+from pipelines.runtime.config import positive_int
 
 
 @dataclass(frozen=True)
@@ -26,14 +27,14 @@ class CheckConfig:
 
 def parse(argv: list[str] | None) -> CheckConfig:
     p = cli.parser("check", "Quality gate: recommendations' invariants (exit 1 on failure).")
-    p.add_argument("--k", help="recommendations per user (10)")
+    p.add_argument("--k", help=f"recommendations per user ({DEFAULTS.k})")
     args, s = cli.parse_args(p, argv, section="check")
-    return CheckConfig(s.lakehouse, s.get("k", flag=args.k, default=10, cast=positive_int),
+    return CheckConfig(s.lakehouse, s.get("k", flag=args.k, default=DEFAULTS.k, cast=positive_int),
                        args.log_level)
 
 
 def body(_spark, cfg: CheckConfig) -> int:
-    from pipelines.quality import check_recommendations
+    from pipelines.batch.quality import check_recommendations
 
     checks = check_recommendations(cfg.lakehouse, k=cfg.k)
     for c in checks:

@@ -11,6 +11,7 @@ COMMANDS = {
     "ingest": ("jobs.ingest", "validate and load one day of logs (and the catalog)"),
     "train": ("jobs.train", "implicit ALS, holdout evaluation, MLflow, champion alias"),
     "embed": ("jobs.embed", "item text -> ONNX embeddings, similar items, cold-start eval"),
+    "place": ("jobs.place", "place new items in the champion's factor space from their text"),
     "score": ("jobs.score", "top-K recommendations for every user"),
     "stream": ("jobs.stream", "Kafka feedback -> fold-in -> fresh recommendations, exactly once"),
     "broker": ("jobs.broker", "start/stop a local Kafka-compatible broker"),

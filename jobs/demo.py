@@ -18,16 +18,16 @@ import sys
 import time
 from dataclasses import dataclass
 
-from pipelines import cli
-from pipelines.generate import SyntheticSpec
-from pipelines.train import TrainParams
+from pipelines.dev.generate import SyntheticSpec
+from pipelines.model.card import ModelCard
+from pipelines.runtime import cli
 
 
 @dataclass(frozen=True)
 class DemoConfig:
     lakehouse: str
     spec: SyntheticSpec
-    params: TrainParams
+    params: ModelCard
     stream: bool
     log_level: str | None
 
@@ -44,7 +44,7 @@ def parse(argv: list[str] | None) -> DemoConfig:
     args, s = cli.parse_args(p, argv, section="demo")
     spec = spec_from(args, s, dirty_default=0.002)
     params = params_from(args, s, window_days=spec.days,
-                         holdout_days=min(TrainParams().holdout_days, max(1, spec.days // 5)),
+                         holdout_days=min(ModelCard().holdout_days, max(1, spec.days // 5)),
                          seed=spec.seed)
     s.check_writable(s.lakehouse, "--lakehouse")
     return DemoConfig(s.lakehouse, spec, params, not args.no_stream, args.log_level or "WARNING")
@@ -57,10 +57,10 @@ def body(spark, cfg: DemoConfig) -> int:
     from jobs.generate import body as generate_body
     from jobs.ingest import print_reports
     from jobs.train import format_report
-    from pipelines import landing
-    from pipelines.ingest import ingest_catalog, ingest_dates
-    from pipelines.score import score
-    from pipelines.train import train
+    from pipelines.batch.ingest import ingest_catalog, ingest_dates
+    from pipelines.batch.score import score
+    from pipelines.batch.train import train
+    from pipelines.storage import landing
 
     t0 = time.perf_counter()
     lh = cfg.lakehouse
@@ -76,6 +76,7 @@ def body(spark, cfg: DemoConfig) -> int:
         report = train(spark, lh, cfg.params)
     print(format_report(report, cfg.params.k))
     embed_demo(spark, lh, cfg.params.k)
+    place_demo(spark, lh)
     with cli.step(f"score top-{cfg.params.k} for every user"):
         s = score(spark, lh, k=cfg.params.k)
         if not s.skipped:
@@ -96,8 +97,16 @@ def embed_demo(spark, lakehouse: str, k: int) -> None:
     embed_body(spark, parse(["--lakehouse", lakehouse, "--k", str(k)]))
 
 
+def place_demo(spark, lakehouse: str) -> None:
+    """The place job: new items into the champion's factor space, from their text."""
+    from jobs.place import body as place_body
+    from jobs.place import parse
+
+    place_body(spark, parse(["--lakehouse", lakehouse]))
+
+
 def summary(lakehouse: str, k: int) -> None:
-    from pipelines.sql import format_rows, query
+    from pipelines.storage.sql import format_rows, query
 
     print("\n== tables")
     counts = query(lakehouse, """
@@ -106,6 +115,7 @@ def summary(lakehouse: str, k: int) -> None:
         UNION ALL SELECT 'items', count(*) FROM items
         UNION ALL SELECT 'user_factors', count(*) FROM user_factors
         UNION ALL SELECT 'item_factors', count(*) FROM item_factors
+        UNION ALL SELECT 'item_placements', count(*) FROM item_placements
         UNION ALL SELECT 'item_embeddings', count(*) FROM item_embeddings
         UNION ALL SELECT 'similar_items', count(*) FROM similar_items
         UNION ALL SELECT 'recommendations', count(*) FROM recommendations""")
@@ -127,11 +137,11 @@ def summary(lakehouse: str, k: int) -> None:
 
 def content_summary(lakehouse: str) -> None:
     """New items placed by their text, and one of them with its nearest neighbours."""
-    from pipelines.sql import format_rows, query
+    from pipelines.storage.sql import format_rows, query
 
     (placed, rows, users), = query(lakehouse, """
-        SELECT (SELECT count(*) FROM item_factors f WHERE f.source = 'content'
-                  AND f.model_version = (SELECT max(model_version) FROM recommendations)),
+        SELECT (SELECT count(*) FROM item_placements p
+                WHERE p.model_version = (SELECT max(model_version) FROM recommendations)),
                count(*), count(DISTINCT user_id)
         FROM recommendations WHERE source = 'content'""")[1]
     print(f"\n== new items: {placed:,} placed from their text; {rows:,} recommendations of them "
@@ -152,7 +162,7 @@ def content_summary(lakehouse: str) -> None:
 
 
 def recommendations_of(lakehouse: str, user: str, k: int):
-    from pipelines.sql import query
+    from pipelines.storage.sql import query
 
     return query(lakehouse, f"""
         SELECT r.rank, r.item_id, round(r.score, 3) AS score, r.source, it.category, it.title
@@ -166,10 +176,12 @@ def stream_demo(spark, lakehouse: str, user: str, k: int, timeout_s: float = 180
     import json
     import os
 
-    from pipelines import broker, feedback
-    from pipelines.kafka_source import nested_offsets
-    from pipelines.sql import format_rows
-    from pipelines.stream import StreamContext, end_offsets, start_query, stop_after_batch
+    from pipelines.dev import broker, feedback
+    from pipelines.storage.sql import format_rows
+    from pipelines.streaming.checkpoint import end_offsets
+    from pipelines.streaming.kafka_source import nested_offsets
+    from pipelines.streaming.microbatch import StreamContext
+    from pipelines.streaming.query import start_query, stop_after_batch
 
     folder = os.path.join(lakehouse, "_broker")
     with cli.step("start the local broker and the stream"):
@@ -183,7 +195,7 @@ def stream_demo(spark, lakehouse: str, user: str, k: int, timeout_s: float = 180
         opts["startingOffsets"] = json.dumps(nested_offsets(now))
         q = start_query(spark, ctx, checkpoint=os.path.join(lakehouse, "_checkpoints", name),
                         source_options=opts, trigger_s=0.5)
-        ctx.serving_model()  # load the champion before the burst, as a running stream has
+        ctx.serving_model(spark)  # load the champion before the burst, as a running stream has
     try:
         # the category's 6th-10th best sellers: the top five stay unseen, so the refreshed
         # list can show them (bought, they would be filtered out as seen)

@@ -22,8 +22,9 @@ import os
 import sys
 from dataclasses import dataclass
 
-from pipelines import cli
-from pipelines.config import UsageError, fraction, positive_float, positive_int
+from pipelines.model.card import DEFAULTS
+from pipelines.runtime import cli
+from pipelines.runtime.config import UsageError, fraction, positive_float, positive_int
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class EmbedConfig:
 
 
 def default_encoder_dir() -> str:
-    from pipelines.package import source_root
+    from pipelines.runtime.package import source_root
 
     return os.path.join(source_root(), "models", "build", "minilm")
 
@@ -69,8 +70,9 @@ def parse(argv: list[str] | None) -> EmbedConfig:
     p.add_argument("--similar", help="neighbours per item in similar_items (10)")
     p.add_argument("--no-evaluate", action="store_true", help="skip the cold-start evaluation")
     p.add_argument("--holdout", help="share of warm items held out by the evaluation (0.1)")
-    p.add_argument("--content-reg", help="ridge penalty of the text -> factor map (1.0)")
-    p.add_argument("--k", help="cut-off of the evaluation's recall (10)")
+    p.add_argument("--content-reg", help="ridge penalty of the text -> factor map of the "
+                                         f"cold-start evaluation ({DEFAULTS.content_reg})")
+    p.add_argument("--k", help=f"cut-off of the evaluation's recall ({DEFAULTS.k})")
     args, s = cli.parse_args(p, argv, section="embed")
     s.check_writable(s.lakehouse, "--lakehouse")
     holdout = s.get("holdout", flag=args.holdout, default=0.1, cast=fraction)
@@ -92,14 +94,15 @@ def parse(argv: list[str] | None) -> EmbedConfig:
         s.get("device", flag=args.device, default="auto", cast=_choice("auto", "cpu", "cuda")),
         s.get("similar", flag=args.similar, default=10, cast=positive_int),
         not args.no_evaluate, holdout,
-        s.get("content_reg", flag=args.content_reg, default=1.0, cast=positive_float),
-        s.get("k", flag=args.k, default=10, cast=positive_int),
+        s.get("content_reg", flag=args.content_reg, default=DEFAULTS.content_reg,
+              cast=positive_float),
+        s.get("k", flag=args.k, default=DEFAULTS.k, cast=positive_int),
         args.log_level)
 
 
 def resolve_encoder(cfg: EmbedConfig) -> tuple[int, str]:
     """(registered version, local folder of that version) -- registering the build if needed."""
-    from pipelines import tracking
+    from pipelines.storage import tracking
 
     if cfg.encoder_version is not None:
         version = cfg.encoder_version
@@ -113,8 +116,9 @@ def resolve_encoder(cfg: EmbedConfig) -> tuple[int, str]:
 def body(spark, cfg: EmbedConfig) -> int:
     import mlflow
 
-    from pipelines import encoder, tracking
-    from pipelines.embed import embed_items, evaluate_champion, write_similar_items
+    from pipelines.batch.embed import embed_items, evaluate_champion, write_similar_items
+    from pipelines.model import encoder
+    from pipelines.storage import tracking
 
     with cli.step("register the text encoder"):
         version, folder = resolve_encoder(cfg)
@@ -134,7 +138,7 @@ def body(spark, cfg: EmbedConfig) -> int:
     champ = tracking.get_alias(cfg.lakehouse)
     if cfg.evaluate and champ is not None:
         with cli.step(f"cold-start evaluation (ALS v{champ.version})"):
-            from pipelines import delta
+            from pipelines.storage import delta
             from schemas.tables import ITEM_EMBEDDINGS
 
             # one MLflow run per distinct evaluation: a re-run on the same inputs logs nothing

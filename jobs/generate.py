@@ -11,9 +11,9 @@ import os
 import sys
 from dataclasses import dataclass
 
-from pipelines import cli
-from pipelines.config import fraction, parse_date, positive_int
-from pipelines.generate import SyntheticSpec
+from pipelines.dev.generate import SyntheticSpec
+from pipelines.runtime import cli
+from pipelines.runtime.config import fraction, parse_date, positive_int
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class GenerateConfig:
     log_level: str | None
 
 
-SPEC_FLAGS = {"users": "distinct users (20000)", "items": "catalog size (5000)",
+SYNTHETIC_FLAGS = {"users": "distinct users (20000)", "items": "catalog size (5000)",
               "events": "about this many events (1000000)", "days": "days of logs (30)",
               "clusters": "taste clusters (20)", "seed": "random seed (42)",
               "start": "first day, YYYY-MM-DD (2024-06-01)",
@@ -32,7 +32,7 @@ SPEC_FLAGS = {"users": "distinct users (20000)", "items": "catalog size (5000)",
 
 
 def add_spec_options(p) -> None:
-    for flag, help_ in SPEC_FLAGS.items():
+    for flag, help_ in SYNTHETIC_FLAGS.items():
         p.add_argument(f"--{flag}", help=help_)
 
 
@@ -69,7 +69,8 @@ def _date(v):
 
 
 def body(spark, cfg: GenerateConfig) -> int:
-    from pipelines import generate, landing
+    from pipelines.dev import generate
+    from pipelines.storage import landing
 
     manifest = {"generator": "lakerec.generate", "version": generate.GENERATOR_VERSION,
                 **cfg.spec.as_dict()}

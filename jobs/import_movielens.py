@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from pipelines import cli
+from pipelines.runtime import cli
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class ImportConfig:
 
 
 def parse(argv: list[str] | None) -> ImportConfig:
-    from pipelines.movielens import locate
+    from pipelines.dev.movielens import locate
 
     p = cli.parser("import-movielens", "Convert MovieLens files to lakerec's input formats.")
     p.add_argument("path", help="MovieLens folder or ratings file")
@@ -37,7 +37,8 @@ def parse(argv: list[str] | None) -> ImportConfig:
 
 
 def body(spark, cfg: ImportConfig) -> int:
-    from pipelines import landing, movielens
+    from pipelines.dev import movielens
+    from pipelines.storage import landing
 
     files = movielens.locate(cfg.source)
     with cli.step(f"import MovieLens ({files.layout}) from {cfg.source}"):

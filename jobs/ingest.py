@@ -15,8 +15,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-from pipelines import cli
-from pipelines.config import UsageError, parse_date
+from pipelines.runtime import cli
+from pipelines.runtime.config import UsageError, parse_date
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class IngestConfig:
 
 
 def parse(argv: list[str] | None) -> IngestConfig:
-    from pipelines import landing
+    from pipelines.storage import landing
 
     p = cli.parser("ingest", "Validate, deduplicate and load log partitions into Delta.")
     which = p.add_mutually_exclusive_group(required=True)
@@ -61,7 +61,7 @@ def parse(argv: list[str] | None) -> IngestConfig:
 
 
 def body(spark, cfg: IngestConfig) -> int:
-    from pipelines.ingest import ingest_catalog, ingest_dates
+    from pipelines.batch.ingest import ingest_catalog, ingest_dates
 
     if cfg.catalog:
         with cli.step("ingest catalog"):

@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from pipelines import cli
+from pipelines.runtime import cli
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ def parse(argv: list[str] | None) -> PackageConfig:
 
 
 def body(_spark, cfg: PackageConfig) -> int:
-    from pipelines import package
+    from pipelines.runtime import package
 
     with cli.step("package the code for --py-files"):
         print(f"    {package.build_zip(cfg.out)}")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from pipelines import cli
-from pipelines.config import UsageError, positive_int
+from pipelines.runtime import cli
+from pipelines.runtime.config import UsageError, positive_int
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def parse(argv: list[str] | None) -> ProduceConfig:
 
 
 def body(_spark, cfg: ProduceConfig) -> int:
-    from pipelines import feedback
+    from pipelines.dev import feedback
 
     if cfg.from_logs:
         records = feedback.log_lines(cfg.from_logs)

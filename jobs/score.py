@@ -1,7 +1,6 @@
 """lakerec score: top-K recommendations for every user from the champion model.
 
-    lakerec score [--k 10] [--model-version N] [--popularity-days N] [--content-reg 1.0]
-                  [--new-item-slots 1]
+    lakerec score [--k 10] [--model-version N] [--popularity-days N] [--new-item-slots 1]
     spark-submit jobs/score.py  (same arguments)
 """
 
@@ -10,8 +9,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from pipelines import cli
-from pipelines.config import nonneg_int, positive_float, positive_int
+from pipelines.model.card import DEFAULTS
+from pipelines.runtime import cli
+from pipelines.runtime.config import nonneg_int, positive_int
 
 
 @dataclass(frozen=True)
@@ -20,39 +20,35 @@ class ScoreConfig:
     k: int
     model_version: int | None
     popularity_days: int | None
-    content_reg: float
     new_item_slots: int
     log_level: str | None
 
 
 def parse(argv: list[str] | None) -> ScoreConfig:
     p = cli.parser("score", "Top-K recommendations for every user, seen items excluded.")
-    p.add_argument("--k", help="recommendations per user (10)")
+    p.add_argument("--k", help=f"recommendations per user ({DEFAULTS.k})")
     p.add_argument("--model-version", help="score with this lakerec-als version, not the champion")
     p.add_argument("--popularity-days", help="window of the popularity fallback (model's window)")
-    p.add_argument("--content-reg", help="ridge penalty of the text -> factor map of new items (1.0)")
     p.add_argument("--new-item-slots",
-                   help="places per list reserved for items placed by their text (1; 0 = none)")
+                   help="places per list reserved for items placed by their text "
+                        f"({DEFAULTS.new_item_slots}; 0 = none)")
     args, s = cli.parse_args(p, argv, section="score")
     s.check_writable(s.lakehouse, "--lakehouse")
     return ScoreConfig(
-        s.lakehouse, s.get("k", flag=args.k, default=10, cast=positive_int),
+        s.lakehouse, s.get("k", flag=args.k, default=DEFAULTS.k, cast=positive_int),
         s.get("model_version", flag=args.model_version, default=None, cast=positive_int),
         s.get("popularity_days", flag=args.popularity_days, default=None, cast=positive_int),
-        s.get("content_reg", flag=args.content_reg, default=1.0, cast=positive_float),
-        s.get("new_item_slots", flag=args.new_item_slots, default=1, cast=nonneg_int),
+        s.get("new_item_slots", flag=args.new_item_slots, default=DEFAULTS.new_item_slots,
+              cast=nonneg_int),
         args.log_level)
 
 
-
-
 def body(spark, cfg: ScoreConfig) -> int:
-    from pipelines.score import score
+    from pipelines.batch.score import score
 
     with cli.step(f"score top-{cfg.k}"):
         r = score(spark, cfg.lakehouse, k=cfg.k, model_version=cfg.model_version,
-                  popularity_days=cfg.popularity_days, content_reg=cfg.content_reg,
-                  new_item_slots=cfg.new_item_slots)
+                  popularity_days=cfg.popularity_days, new_item_slots=cfg.new_item_slots)
     if r.skipped:
         print("    recommendations are already up to date with these inputs")
     else:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from pipelines import cli
-from pipelines.config import UsageError
+from pipelines.runtime import cli
+from pipelines.runtime.config import UsageError
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def parse(argv: list[str] | None) -> SqlConfig:
 
 
 def body(_spark, cfg: SqlConfig) -> int:
-    from pipelines.sql import format_rows, query
+    from pipelines.storage.sql import format_rows, query
 
     cols, rows = query(cfg.lakehouse, cfg.query, as_of=cfg.as_of, limit=cfg.max_rows)
     print(format_rows(cols, rows, cfg.fmt))

@@ -17,17 +17,13 @@ LAKEREC_KAFKA_SSL_KEY_PASSWORD.
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
 import sys
-import time
-from dataclasses import dataclass
 
-from pipelines import cli
-from pipelines.config import UsageError, positive_int
-
-log = logging.getLogger("lakerec.stream")
+from pipelines.model.card import DEFAULTS
+from pipelines.runtime import cli
+from pipelines.runtime.config import UsageError, positive_int
+from pipelines.streaming.supervisor import StreamConfig
 
 _KAFKA_FLAGS = {  # flag -> source option
     "security_protocol": "kafka.security.protocol",
@@ -52,8 +48,8 @@ def add_kafka_options(p) -> None:
 
 def kafka_settings(args, s) -> tuple[str, str, dict]:
     """(bootstrap, topic, kafka.* options) from flags > env > lakerec.toml > the local broker."""
-    from pipelines import broker
-    from pipelines.kafka_source import KafkaConfigError, client_config
+    from pipelines.dev import broker
+    from pipelines.streaming.kafka_source import KafkaConfigError, client_config
 
     bootstrap = s.get("bootstrap", flag=args.bootstrap, default=None)
     if bootstrap is None:
@@ -73,42 +69,11 @@ def kafka_settings(args, s) -> tuple[str, str, dict]:
     return str(bootstrap), str(topic), opts
 
 
-@dataclass(frozen=True)
-class StreamConfig:
-    lakehouse: str
-    bootstrap: str
-    topic: str
-    kafka: dict
-    query: str
-    checkpoint: str
-    starting_offsets: str
-    max_offsets: int | None
-    trigger_s: float
-    available_now: bool
-    timeout_s: float | None
-    skip_lost: bool
-    group_for_commits: str | None
-    k: int
-    max_restarts: int
-    log_level: str | None
-    new_item_slots: int = 1
-
-    def source_options(self) -> dict:
-        opts = {"kafka.bootstrap.servers": self.bootstrap, "subscribe": self.topic,
-                "startingOffsets": self.starting_offsets,
-                "failOnDataLoss": "false" if self.skip_lost else "true", **self.kafka}
-        if self.max_offsets:
-            opts["maxOffsetsPerTrigger"] = str(self.max_offsets)
-        if self.group_for_commits:
-            opts["groupIdForCommits"] = self.group_for_commits
-        return opts
-
-
 def parse(argv: list[str] | None) -> StreamConfig:
     import re
 
-    from pipelines.kafka_source import KafkaConfigError, SourceOptions
-    from pipelines.stream import CheckpointError, check_checkpoint
+    from pipelines.streaming.checkpoint import CheckpointError, check_checkpoint
+    from pipelines.streaming.kafka_source import KafkaConfigError, SourceOptions
 
     p = cli.parser("stream", "Kafka feedback -> interactions -> fold-in -> recommendations.")
     add_kafka_options(p)
@@ -155,9 +120,9 @@ def parse(argv: list[str] | None) -> StreamConfig:
               cast=positive_int),
         trigger, args.available_now, args.timeout, args.skip_lost_offsets,
         args.group_id_for_commits,
-        s.get("k", flag=args.k, default=10, cast=positive_int),
+        s.get("k", flag=args.k, default=DEFAULTS.k, cast=positive_int),
         int(s.get("max_restarts", flag=args.max_restarts, default=5)), args.log_level,
-        int(s.get("new_item_slots", flag=args.new_item_slots, default=1)))
+        int(s.get("new_item_slots", flag=args.new_item_slots, default=DEFAULTS.new_item_slots)))
     if cfg.new_item_slots < 0:
         raise UsageError("--new-item-slots must be >= 0")
     try:
@@ -172,94 +137,10 @@ def parse(argv: list[str] | None) -> StreamConfig:
     return cfg
 
 
-def _transient(exc: BaseException) -> bool:
-    """Failures worth a restart from the checkpoint (broker outages), not data or config."""
-    text = str(exc)
-    fatal = ("OffsetOutOfRangeError", "KafkaConfigError", "CheckpointError",
-             "UnsupportedTableError", "DeltaConflictError")
-    if any(f in text for f in fatal):
-        return False
-    return any(t in text for t in ("TimeoutError", "KafkaTimeoutError", "NoBrokersAvailable",
-                                   "KafkaConnectionError", "ConnectionRefused",
-                                   "NodeNotReadyError", "KafkaError"))
-
-
 def body(spark, cfg: StreamConfig) -> int:
-    from pipelines.stream import (
-        CheckpointError,
-        StreamContext,
-        caught_up,
-        committed_offsets,
-        end_offsets,
-        start_query,
-        stop_after_batch,
-    )
+    from pipelines.streaming.supervisor import run
 
-    ctx = StreamContext(cfg.lakehouse, cfg.query, k=cfg.k, new_item_slots=cfg.new_item_slots,
-                        metrics_file=os.path.join(cfg.lakehouse, "_stream", cfg.query,
-                                                  "batches.jsonl"))
-    signalled: list[int] = []
-
-    def on_signal(signum, _frame):
-        signalled.append(signum)
-        log.info("signal %d: stopping after the batch in flight", signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
-    deadline = None if cfg.timeout_s is None else time.monotonic() + cfg.timeout_s
-    target = None
-    if cfg.available_now:  # everything up to the end offsets of now, in capped batches
-        first, target = end_offsets(cfg.source_options())
-        initial = committed_offsets(cfg.checkpoint)
-        if cfg.starting_offsets == "latest" and committed_offsets(cfg.checkpoint) is None:
-            target = {}
-    restarts = 0
-    print(f"==> stream {cfg.topic} on {cfg.bootstrap} as query {cfg.query!r} "
-          f"(checkpoint {cfg.checkpoint})", flush=True)
-    while True:
-        try:
-            query = start_query(spark, ctx, source_options=cfg.source_options(),
-                                checkpoint=cfg.checkpoint,
-                                trigger_s=0.0 if cfg.available_now else cfg.trigger_s)
-        except CheckpointError as e:
-            raise UsageError(str(e)) from None
-        try:
-            while query.isActive:
-                if signalled or (deadline is not None and time.monotonic() > deadline) or (
-                        target is not None and caught_up(cfg.checkpoint, first, target, initial)):
-                    stop_after_batch(ctx, query)
-                    break
-                query.awaitTermination(0.25)
-            exc = query.exception()
-        except Exception as e:  # noqa: BLE001 - awaitTermination re-raises the query's error
-            exc = e
-        if exc is None or ctx.stop_requested.is_set():
-            break
-        if restarts < cfg.max_restarts and _transient(exc):
-            restarts += 1
-            wait = min(30.0, 2.0 * 2 ** (restarts - 1))
-            log.warning("query failed (%s); restarting from the checkpoint in %.0f s "
-                        "(%d/%d)", str(exc).splitlines()[0][:300], wait, restarts,
-                        cfg.max_restarts)
-            time.sleep(wait)
-            continue
-        raise RuntimeError(_root_cause(exc))
-    n = sum(r.records for r in ctx.reports)
-    print(f"    stopped: {len(ctx.reports)} batches, {n:,} records, "
-          f"{sum(r.valid for r in ctx.reports):,} valid, "
-          f"{sum(r.quarantined for r in ctx.reports):,} quarantined, "
-          f"{sum(r.users for r in ctx.reports):,} user refreshes", flush=True)
-    return 0
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The innermost Python error of a query failure, on one line."""
-    text = str(exc)
-    for marker in ("OffsetOutOfRangeError: ", "KafkaConfigError: ", "TimeoutError: ",
-                   "CheckpointError: "):
-        if marker in text:
-            return marker + text.split(marker, 1)[1].splitlines()[0]
-    return text.splitlines()[0] if text else type(exc).__name__
+    return run(spark, cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,15 +15,15 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from pipelines import cli
-from pipelines.config import UsageError, parse_date, positive_int
-from pipelines.train import TrainParams
+from pipelines.model.card import ModelCard
+from pipelines.runtime import cli
+from pipelines.runtime.config import UsageError, parse_date, positive_int
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     lakehouse: str
-    params: TrainParams
+    params: ModelCard
     log_level: str | None
 
 
@@ -55,14 +55,14 @@ def add_train_options(p, flags=TRAIN_FLAGS) -> None:
         p.add_argument(f"--{flag}")
 
 
-def params_from(args, s, **defaults) -> TrainParams:
-    """Training settings from flags > env > lakerec.toml > ``defaults`` > TrainParams()."""
-    d = TrainParams(**defaults)
+def params_from(args, s, **defaults) -> ModelCard:
+    """Training settings from flags > env > lakerec.toml > ``defaults`` > ModelCard()."""
+    d = ModelCard(**defaults)
 
     def get(name, cast):
         return s.get(name, flag=getattr(args, name, None), default=getattr(d, name), cast=cast)
 
-    params = TrainParams(
+    values = dict(
         rank=get("rank", positive_int), alpha=get("alpha", _nonneg), reg=get("reg", _nonneg),
         max_iter=get("max_iter", positive_int), seed=get("seed", int),
         window_days=get("window_days", positive_int),
@@ -70,9 +70,12 @@ def params_from(args, s, **defaults) -> TrainParams:
         as_of=get("as_of", lambda v: v if not isinstance(v, str) else parse_date(v)),
         weights=get("weights", parse_weights),
     )
-    if params.holdout_days >= params.window_days:
+    if values["holdout_days"] >= values["window_days"]:
         raise UsageError("--holdout-days must be smaller than --window-days")
-    return params
+    try:  # the card checks every value once more (types, ranges, event types)
+        return ModelCard(**values)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def parse(argv: list[str] | None) -> TrainConfig:
@@ -85,7 +88,7 @@ def parse(argv: list[str] | None) -> TrainConfig:
 
 
 def body(spark, cfg: TrainConfig) -> int:
-    from pipelines.train import train
+    from pipelines.batch.train import train
 
     with cli.step("train ALS"):
         r = train(spark, cfg.lakehouse, cfg.params)
@@ -97,7 +100,7 @@ def body(spark, cfg: TrainConfig) -> int:
 
 
 def format_report(r, k: int) -> str:
-    from pipelines.metrics import METRICS
+    from pipelines.batch.metrics import METRICS
 
     cols = ["model", *[f"{m}@{k}" for m in METRICS]]
     rows = [(f"ALS v{r.model_version}", r.metrics), ("popularity", r.baseline)]

@@ -1,5 +1,7 @@
 """The contracts of lakerec, declared once.
 
+* :mod:`schemas.events` -- the event types (name, default weight, what ``value`` means),
+  declared once; ``event.schema.json``'s enum and value rules are derived from it.
 * ``event.schema.json`` -- what producers must send (log lines and Kafka values);
   :data:`EVENT_RULES` exposes its limits to the validators.
 * ``catalog.schema.json`` -- one catalog item.
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
+from schemas import events
 from schemas.tables import TABLES, Column, TableSpec
 
 __all__ = [
@@ -52,27 +55,38 @@ class EventRules:
     """The validation limits of the event contract, read from ``event.schema.json``."""
 
     required: tuple[str, ...]
-    event_types: tuple[str, ...]
     id_max_len: dict[str, int]
-    rating_min: float
-    rating_max: float
     max_payload_bytes: int
     min_ts: str
     max_future_skew_hours: int
     optional_strings: tuple[str, ...]
 
+    @property
+    def event_types(self) -> tuple[str, ...]:
+        """The valid ``event_type`` values, from :data:`schemas.events.EVENT_TYPES`."""
+        return events.names()
+
+    @property
+    def valued_types(self) -> tuple[events.EventType, ...]:
+        """Types whose ``value`` is required, with its range (``rating``)."""
+        return events.valued_types()
+
+    def fingerprint(self) -> str:
+        """Changes whenever a rule changes: part of ``ingest``'s input fingerprint."""
+        import hashlib
+
+        body = json.dumps([self.required, self.id_max_len, self.max_payload_bytes, self.min_ts,
+                           self.max_future_skew_hours, self.optional_strings], sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()[:12] + "-" + events.rules_fingerprint()
+
 
 def _load_rules() -> EventRules:
     s = event_json_schema()
     props = s["properties"]
-    rating = s["allOf"][0]["then"]["properties"]["value"]
     ext = s["x-lakerec"]
     return EventRules(
         required=tuple(s["required"]),
-        event_types=tuple(props["event_type"]["enum"]),
         id_max_len={k: props[k]["maxLength"] for k in ("event_id", "user_id", "item_id")},
-        rating_min=float(rating["minimum"]),
-        rating_max=float(rating["maximum"]),
         max_payload_bytes=int(ext["max_payload_bytes"]),
         min_ts=ext["min_ts"],
         max_future_skew_hours=int(ext["max_future_skew_hours"]),

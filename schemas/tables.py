@@ -1,4 +1,4 @@
-"""Every Delta table of the lakehouse: columns, partitioning, keys (SPEC section 4).
+"""Every Delta table of the lakehouse: columns, partitioning, keys.
 
 A :class:`TableSpec` is the single declaration from which the Spark schema (readers, writers,
 validators) and the Arrow schema (the Delta log, DuckDB, Polars) are derived, so the two can
@@ -209,8 +209,23 @@ ITEM_FACTORS = TableSpec(
         _c("item_id", "string", False),
         _c("item_idx", "int", False),
         _c("factors", "array<float>", False),
-        _c("source", "string", False, "als | content (mapped from the text embedding)"),
+        _c("source", "string", False, "als: trained (a model's item factors are never "
+                                      "rewritten; text-placed items live in item_placements)"),
         _c("updated_at", "timestamp", False),
+        _c("model_version", "long", False),
+    ),
+    partition_by=("model_version",),
+    key=("model_version", "item_id"),
+)
+
+ITEM_PLACEMENTS = TableSpec(
+    name="item_placements",
+    doc="New items placed in a model version's factor space from their text (lakerec place).",
+    columns=(
+        _c("item_id", "string", False),
+        _c("factors", "array<float>", False, "ridge map of the item's text embedding"),
+        _c("encoder_version", "long", False, "the lakerec-text-encoder version of the text"),
+        _c("placed_at", "timestamp", False),
         _c("model_version", "long", False),
     ),
     partition_by=("model_version",),
@@ -265,5 +280,6 @@ SIMILAR_ITEMS = TableSpec(
 TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (INTERACTIONS, QUARANTINE, ITEMS, USER_INDEX, ITEM_INDEX, USER_FACTORS,
-              ITEM_FACTORS, RECOMMENDATIONS, ITEM_EMBEDDINGS, SIMILAR_ITEMS)
+              ITEM_FACTORS, ITEM_PLACEMENTS, RECOMMENDATIONS, ITEM_EMBEDDINGS,
+              SIMILAR_ITEMS)
 }

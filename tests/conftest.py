@@ -21,13 +21,13 @@ os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
 
 def fast_jvm_options() -> str:
     """JIT tier 1 and the serial GC start the JVM in about half the time on 2 cores."""
-    log4j = resources.files("pipelines").joinpath("conf/log4j2.properties")
+    log4j = resources.files("pipelines.runtime.conf").joinpath("log4j2.properties")
     return f"-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Dlog4j2.configurationFile=file:{log4j}"
 
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from pipelines.session import build_session
+    from pipelines.runtime.session import build_session
 
     tmp = tmp_path_factory.mktemp("spark")
     session = build_session(
@@ -71,9 +71,9 @@ def job_env(**extra: str) -> dict[str, str]:
 def ingested(spark, lakehouse: str, spec) -> str:
     """Generate ``spec``'s logs and catalog into ``<lakehouse>/landing`` and ingest them all
     (catalog first, then every day); returns the landing folder."""
-    from pipelines import landing
-    from pipelines.generate import catalog_lines, event_lines
-    from pipelines.ingest import ingest_catalog, ingest_dates
+    from pipelines.batch.ingest import ingest_catalog, ingest_dates
+    from pipelines.dev.generate import catalog_lines, event_lines
+    from pipelines.storage import landing
 
     out = os.path.join(lakehouse, "landing")
     landing.write_landing(event_lines(spark, spec), catalog_lines(spark, spec), out, {})

@@ -10,12 +10,13 @@ import subprocess
 
 import pytest
 
-from pipelines import delta
-from pipelines.quality import check_recommendations
+from pipelines.batch.quality import check_recommendations
+from pipelines.storage import delta
 from schemas.tables import (
     INTERACTIONS,
     ITEM_EMBEDDINGS,
     ITEM_FACTORS,
+    ITEM_PLACEMENTS,
     QUARANTINE,
     RECOMMENDATIONS,
     SIMILAR_ITEMS,
@@ -29,7 +30,8 @@ pytestmark = [
     pytest.mark.skipif(not (AIRFLOW_BIN / "airflow").exists(),
                        reason="Airflow's environment is missing: make airflow-venv"),
 ]
-EDGES = [["embed", "score"], ["ingest", "train_due"], ["score", "quality_gate"],
+EDGES = [["embed", "place"], ["ingest", "train_due"], ["place", "score"],
+         ["score", "quality_gate"],
          ["skip_train", "embed"], ["train", "embed"], ["train_due", "skip_train"],
          ["train_due", "train"], ["wait_for_logs", "ingest"]]
 INSPECT = """
@@ -83,11 +85,11 @@ def test_dag_imports_with_the_documented_graph(tmp_path):
     assert got["schedule"] == "@daily" and got["catchup"] is False
     assert got["max_active_runs"] == 1
     spark_tasks = {t for t, op in got["operators"].items() if op == "SparkSubmitOperator"}
-    assert spark_tasks == {"ingest", "train", "embed", "score", "quality_gate"}
-    assert all(got["retries"][t] > 0 for t in ("ingest", "train", "embed", "score"))
+    assert spark_tasks == {"ingest", "train", "embed", "place", "score", "quality_gate"}
+    assert all(got["retries"][t] > 0 for t in ("ingest", "train", "embed", "place", "score"))
     readme = (ROOT / "README.md").read_text()
-    assert "wait_for_logs → ingest → train_due → train | skip_train → embed → score → " \
-        "quality_gate" in readme
+    assert "wait_for_logs → ingest → train_due → train | skip_train → embed → place → " \
+        "score → quality_gate" in readme
 
 
 def test_a_real_dag_run_and_its_rerun(tmp_path):
@@ -115,8 +117,8 @@ def test_a_real_dag_run_and_its_rerun(tmp_path):
     assert "promoted to champion" in log
     assert "quality gate: passed" in log, log[-5000:]
     assert not [c for c in check_recommendations(str(lh), k=5) if c.violations]
-    tables = (INTERACTIONS, QUARANTINE, USER_FACTORS, ITEM_FACTORS, RECOMMENDATIONS,
-              ITEM_EMBEDDINGS, SIMILAR_ITEMS)
+    tables = (INTERACTIONS, QUARANTINE, USER_FACTORS, ITEM_FACTORS, ITEM_PLACEMENTS,
+              RECOMMENDATIONS, ITEM_EMBEDDINGS, SIMILAR_ITEMS)
     versions = {t.name: delta.latest_version(str(lh), t) for t in tables}
     assert versions["recommendations"] is not None and versions["user_factors"] is not None
     assert versions["item_embeddings"] is not None and "items embedded" in log
@@ -127,4 +129,5 @@ def test_a_real_dag_run_and_its_rerun(tmp_path):
     assert "already trained from these inputs" in log
     assert "already up to date" in log
     assert "all up to date" in log and "already evaluated on these inputs" in log
+    assert "nothing to do: inputs unchanged" in log
     assert {t.name: delta.latest_version(str(lh), t) for t in tables} == versions

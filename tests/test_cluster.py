@@ -13,7 +13,7 @@ import zipfile
 
 import pytest
 
-from pipelines.quality import check_recommendations
+from pipelines.batch.quality import check_recommendations
 from tests.conftest import VENV_BIN, job_env
 
 pytestmark = pytest.mark.slow

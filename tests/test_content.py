@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.content import evaluate_cold_start, fit_ridge, map_factors, recall_at_k
+from pipelines.model.content import evaluate_cold_start, fit_ridge, map_factors, recall_at_k
 
 
 def test_ridge_solves_its_normal_equations_and_leaves_the_bias_unpenalised():

@@ -10,7 +10,7 @@ import os
 import pytest
 from pyspark.testing import assertDataFrameEqual
 
-from pipelines import delta
+from pipelines.storage import delta, deltalog
 from schemas.tables import Column, TableSpec
 
 EVENTS = TableSpec(
@@ -74,7 +74,7 @@ def test_replace_partition_is_one_commit_and_never_resurrects_files(spark, lakeh
     # time travel reads the old snapshot
     assertDataFrameEqual(current(spark, lakehouse, version=1),
                          rows(spark, [(1, "a", D1), (2, "b", D2)]))
-    changes = delta._log_changes(os.path.join(lakehouse, "events"), 1, 2)
+    changes = deltalog._log_changes(os.path.join(lakehouse, "events"), 1, 2)
     assert sum("add" in a for a in changes) == 1 and sum("remove" in a for a in changes) == 1
 
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from pipelines import delta
-from pipelines.sql import query
+from pipelines.storage import delta
+from pipelines.storage.sql import query
 from schemas.tables import INTERACTIONS, QUARANTINE, RECOMMENDATIONS
 from tests.conftest import ROOT, VENV_BIN, job_env
 

@@ -13,20 +13,28 @@ import pytest
 from pyspark.sql import functions as F
 
 from jobs import embed as embed_job
-from pipelines import content, delta, encoder, topk, tracking
-from pipelines.embed import (
+from pipelines.batch.embed import (
     embed_items,
     evaluate_champion,
     similar_items,
     write_similar_items,
 )
-from pipelines.generate import SyntheticSpec
-from pipelines.score import score
-from pipelines.stream import load_model, refresh
-from pipelines.train import TrainParams, train
+from pipelines.batch.place import place
+from pipelines.batch.score import load_serving_model, score
+from pipelines.batch.train import ModelCard, train
+from pipelines.dev.generate import SyntheticSpec
+from pipelines.model import content, encoder, topk
+from pipelines.model.card import ModelCard as Card
+from pipelines.model.trainer import FoldInRule
+from pipelines.serving import policy
+from pipelines.serving.model import ServingModel
+from pipelines.storage import delta, tracking
+from pipelines.streaming.microbatch import StreamContext, refresh
 from schemas.tables import (
     ITEM_EMBEDDINGS,
     ITEM_FACTORS,
+    ITEM_INDEX,
+    ITEM_PLACEMENTS,
     ITEMS,
     RECOMMENDATIONS,
     SIMILAR_ITEMS,
@@ -36,7 +44,7 @@ from tests.test_encoder import BUILD
 
 SPEC = SyntheticSpec(users=300, items=90, events=15_000, days=8, clusters=4, seed=5,
                      start=dt.date(2024, 2, 1), new_item_fraction=0.12)
-PARAMS = TrainParams(rank=8, max_iter=6, window_days=8, holdout_days=2, k=5)
+PARAMS = ModelCard(rank=8, max_iter=6, window_days=8, holdout_days=2, k=5)
 
 
 def arrow(lh, spec, **filters):
@@ -157,17 +165,28 @@ def test_similar_items_match_a_brute_force_reference(spark, embedded):
     assert all(r.item_id != r.similar_item_id for r in again)
 
 
+def _placed(model):
+    """(ids, vectors) of a serving model's text-placed items, from its index."""
+    idx = model.placed_index
+    y = idx.factors[idx.position]
+    rows = model.factor_rows[len(model.trained_rows):]
+    return [model.items[r] for r in rows], y
+
+
 def test_cold_items_are_placed_by_the_ridge_map_and_recommended(spark, embedded):
     lh, _ = embedded
     champ = tracking.get_alias(lh)
     enc = tracking.get_alias(lh, name=tracking.ENCODER_MODEL).version
-    rep = score(spark, lh, k=5)
-    # one slot per list for the user's best placed item: every ALS user gets one
-    assert rep.by_source["content"] >= rep.by_source["als"] / 4 > 0
-    f = arrow(lh, ITEM_FACTORS, model_version=champ.version)
-    warm, cold = f[f.source == "als"], f[f.source == "content"]
+    trained_before = arrow(lh, ITEM_FACTORS, model_version=champ.version)
+    index_v = delta.latest_version(lh, ITEM_INDEX)
+    rep = place(spark, lh)
+    assert (rep.model_version, rep.encoder_version) == (champ.version, enc) and rep.placed >= 5
+    assert place(spark, lh).skipped  # same inputs: nothing to do
+    cold = arrow(lh, ITEM_PLACEMENTS, model_version=champ.version)
+    warm = trained_before
     catalog = set(arrow(lh, ITEMS)["item_id"])
-    assert set(cold["item_id"]) == catalog - set(warm["item_id"]) and len(cold) >= 5
+    assert set(cold["item_id"]) == catalog - set(warm["item_id"]) and len(cold) == rep.placed
+    assert set(cold["encoder_version"]) == {enc}
     # the mapped factors are the numpy ridge map of their embeddings
     emb = arrow(lh, ITEM_EMBEDDINGS, encoder_version=enc).set_index("item_id")["embedding"]
     warm = warm.sort_values("item_id")
@@ -175,66 +194,78 @@ def test_cold_items_are_placed_by_the_ridge_map_and_recommended(spark, embedded)
     cold = cold.sort_values("item_id")
     np.testing.assert_allclose(np.stack(cold["factors"]),
                                content.map_factors(np.stack(emb[cold["item_id"]]), w), atol=1e-4)
+    rep = score(spark, lh, k=5)
+    # one slot per list for the user's best placed item: every ALS user gets one
+    assert rep.by_source["content"] >= rep.by_source["als"] / 4 > 0
     recs = arrow(lh, RECOMMENDATIONS)
     assert set(recs[recs.source == "content"]["item_id"]) <= set(cold["item_id"])
     assert not set(recs[recs.source == "als"]["item_id"]) & set(cold["item_id"])
-    # scoring again changes nothing: the placement and the scores are idempotent
+    # neither place nor score touched the model: its trained factors and the index stand
+    after = arrow(lh, ITEM_FACTORS, model_version=champ.version)
+    assert after.sort_values("item_id").reset_index(drop=True).equals(
+        trained_before.sort_values("item_id").reset_index(drop=True))
+    assert set(after["source"]) == {"als"}
+    assert delta.latest_version(lh, ITEM_INDEX) == index_v
+    # scoring again changes nothing
     v = (delta.latest_version(lh, ITEM_FACTORS), delta.latest_version(lh, RECOMMENDATIONS))
     assert score(spark, lh, k=5).skipped
     assert v == (delta.latest_version(lh, ITEM_FACTORS), delta.latest_version(lh, RECOMMENDATIONS))
 
 
-def test_the_stream_ranks_placed_items_but_folds_in_over_als_items_only(spark, embedded):
+def test_the_stream_ranks_placed_items_but_folds_in_over_trained_items_only(spark, embedded):
     lh, _ = embedded
-    score(spark, lh, k=5)
-    model = load_model(lh)
-    assert model.content.sum() >= 5
-    ys = model.y[~model.content].astype(np.float64)
+    place(spark, lh)
+    model = load_serving_model(spark, lh, tracking.get_alias(lh))
+    cold, cold_y = _placed(model)
+    assert len(cold) >= 5
+    ys = model.trained_y.astype(np.float64)
     np.testing.assert_allclose(model.yty, ys.T @ ys, rtol=1e-6)
-    # a user who bought the placed item nearest to a direction: the others of its kind rank
-    cold = [model.item_ids[i] for i in np.flatnonzero(model.content)]
     import pandas as pd
-    hist = pd.DataFrame({"user_id": "u", "item_id": [model.item_ids[0], cold[0]],
+    first = model.items[model.trained_rows[0]]
+    hist = pd.DataFrame({"user_id": "u", "item_id": [first, cold[0]],
                          "event_type": "purchase", "value": None})
-    vectors, rows = refresh(model, hist, ["u"], k=len(model.item_ids))
+    n_listable = len(model.factor_rows)
+    vectors, rows = refresh(model, hist, ["u"], k=n_listable, new_item_slots=1)
     assert "u" in vectors
     by_item = {r[2]: r[4] for r in rows}
     assert cold[0] not in by_item  # seen
     assert {by_item[i] for i in cold[1:]} == {"content"}
     assert {s for i, s in by_item.items() if i not in cold} == {"fold_in"}
     # the placed item in the history did not enter the solve: same vector without it
-    v2, top5 = refresh(model, hist.iloc[:1], ["u"], k=5)
+    v2, top5 = refresh(model, hist.iloc[:1], ["u"], k=5, new_item_slots=1)
     np.testing.assert_allclose(vectors["u"], v2["u"], rtol=1e-5)
     # the last slot goes to the best placed item unless one already ranks in the first four
     _, plain = refresh(model, hist.iloc[:1], ["u"], k=5, new_item_slots=0)
-    scores = model.y[model.content_rows] @ v2["u"]
-    best = model.item_ids[model.content_rows[np.argmax(scores)]]
+    best = cold[int(np.argmax(cold_y @ v2["u"]))]
     head = [r[2] for r in plain[:4]]
     want = head + [best] if best not in head else [r[2] for r in plain]
     assert [r[2] for r in top5] == want and top5[-1][4] == "content"
 
 
-def test_new_item_slots_by_hand(spark):
-    from pipelines.score import with_new_item_slots
+def test_new_item_slots_by_hand():
+    # user a = e0, b = e1; trained w1..w3, placed n1, n2: their scores are the coordinates
+    vec = {"w1": (0.9, 0.9), "w2": (0.7, 0.8), "w3": (0.0, 0.7), "n1": (0.8, 0.1),
+           "n2": (0.1, 0.2)}
+    trained, placed = ["w1", "w2", "w3"], ["n1", "n2"]
+    model = ServingModel.build(
+        1, Card(), FoldInRule(1.0, 0.1), trained=(trained, np.array([vec[i] for i in trained])),
+        placed=(placed, np.array([vec[i] for i in placed])), popular=([], np.zeros(0)))
+    users = np.eye(2, dtype=np.float32)
+    no_seen = (np.zeros(3, np.int64), np.zeros(0, np.int64))
 
-    als = spark.createDataFrame(
-        [("a", 1, "w1", 0.9, "als"), ("a", 2, "n1", 0.8, "als"), ("a", 3, "w2", 0.7, "als"),
-         ("b", 1, "w1", 0.9, "als"), ("b", 2, "w2", 0.8, "als"), ("b", 3, "w3", 0.7, "als")],
-        "user_id string, rank int, item_id string, score float, source string")
-    new = spark.createDataFrame([("a", 1, "n1", 0.8), ("a", 2, "n2", 0.1), ("b", 1, "n2", 0.2),
-                                 ("b", 2, "n1", 0.1)],
-                                "user_id string, rank int, item_id string, score float")
-    got = sorted(tuple(r) for r in with_new_item_slots(als, new, k=3, slots=2).select(
-        "user_id", "rank", "item_id", "source").collect())
+    def lists(slots):
+        out = policy.recommend(model, users, np.ones(2, bool), no_seen, k=3, slots=slots,
+                               model_source="als")
+        return sorted(("ab"[u], int(r), model.items[i], s) for u, r, i, s in
+                      zip(out.user, out.rank, out.row, out.source, strict=True))
+
     # a: head w1; slots n1 (already ranked second), n2; b: head w1; slots n2, n1
-    assert got == [("a", 1, "w1", "als"), ("a", 2, "n1", "content"), ("a", 3, "n2", "content"),
-                   ("b", 1, "w1", "als"), ("b", 2, "n2", "content"), ("b", 3, "n1", "content")]
+    assert lists(2) == [("a", 1, "w1", "als"), ("a", 2, "n1", "content"),
+                        ("a", 3, "n2", "content"), ("b", 1, "w1", "als"),
+                        ("b", 2, "n2", "content"), ("b", 3, "n1", "content")]
     # one slot: a's best placed item already ranks second, so the slot goes back to ALS
-    one = sorted(tuple(r) for r in with_new_item_slots(als, new.where("rank = 1"), k=3,
-                                                        slots=1).select(
-        "user_id", "rank", "item_id").collect())
-    assert one == [("a", 1, "w1"), ("a", 2, "n1"), ("a", 3, "w2"),
-                   ("b", 1, "w1"), ("b", 2, "w2"), ("b", 3, "n2")]
+    assert [x[:3] for x in lists(1)] == [("a", 1, "w1"), ("a", 2, "n1"), ("a", 3, "w2"),
+                                          ("b", 1, "w1"), ("b", 2, "w2"), ("b", 3, "n2")]
 
 
 def test_cold_start_evaluation_is_logged_and_text_beats_random(embedded):
@@ -262,18 +293,13 @@ def test_usage_errors_exit_2_before_anything_runs(tmp_path, capsys):
 
 
 def test_a_running_stream_picks_up_newly_placed_items(spark, embedded):
-    from pipelines.embed import place_cold_items
-    from pipelines.stream import StreamContext
-
     lh, _ = embedded
-    score(spark, lh, k=5)
+    place(spark, lh)
     ctx = StreamContext(lh, "q", model_refresh_s=0.0)
-    first = ctx.serving_model()
-    assert ctx.serving_model() is first  # nothing changed: the cached model
-    champ = tracking.get_alias(lh).version
-    enc = tracking.get_alias(lh, name=tracking.ENCODER_MODEL).version
-    place_cold_items(spark, lh, model_version=champ, encoder_version=enc, reg=5.0)
-    again = ctx.serving_model()
+    first = ctx.serving_model(spark)
+    assert ctx.serving_model(spark) is first  # nothing changed: the cached model
+    place(spark, lh, reg=5.0)
+    again = ctx.serving_model(spark)
     assert again is not first and again.version == first.version
-    moved = again.y[again.content_rows] - first.y[first.content_rows]
+    moved = _placed(again)[1] - _placed(first)[1]
     assert np.abs(moved).max() > 0  # the re-placed factors (another ridge penalty)

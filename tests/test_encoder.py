@@ -14,8 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipelines import encoder
-from pipelines.encoder import CPU, CUDA, Bundle, Encoder, choose_providers, item_text
+from pipelines.model.encoder import CPU, CUDA, Bundle, Encoder, choose_providers, item_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "models", "build", "minilm")
@@ -73,8 +72,8 @@ def test_the_runtime_needs_neither_torch_nor_transformers():
 import sys
 for m in ("torch", "transformers", "sentence_transformers"):
     sys.modules[m] = None  # any import of them now fails
-from pipelines.encoder import Encoder
-import jobs.embed, pipelines.embed
+from pipelines.model.encoder import Encoder
+import jobs.embed, pipelines.batch.embed
 v = Encoder.load({BUILD!r}, threads=1).encode(["Deluxe espresso grinder"])
 assert v.shape == (1, 384), v.shape
 print("ok")
@@ -105,7 +104,9 @@ def test_provider_selection_refuses_a_cuda_request_it_cannot_serve():
 
 
 def test_task_gpus_outside_a_task_is_none():
-    assert encoder.task_gpus() is None and encoder.task_cpus(3) == 3
+    from pipelines.batch.embed import task_cpus, task_gpus
+
+    assert task_gpus() is None and task_cpus(3) == 3
 
 
 @pytest.mark.parametrize("parts, text", [
@@ -126,7 +127,7 @@ def test_a_missing_export_is_a_clear_error(tmp_path):
 def test_the_gpu_discovery_script_speaks_sparks_format(tmp_path):
     import json
 
-    script = os.path.join(ROOT, "pipelines", "conf", "gpu_discovery.sh")
+    script = os.path.join(ROOT, "pipelines", "runtime", "conf", "gpu_discovery.sh")
     env = {"PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "1, 3"}
     out = subprocess.run([script], capture_output=True, text=True, env=env, check=True)
     assert json.loads(out.stdout) == {"name": "gpu", "addresses": ["1", "3"]}

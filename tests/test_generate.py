@@ -8,8 +8,8 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from pipelines.generate import SyntheticSpec, catalog, event_lines, events
-from pipelines.vocab import FILLER_WORDS
+from pipelines.dev.generate import SyntheticSpec, catalog, event_lines, events
+from pipelines.dev.vocab import FILLER_WORDS
 
 SPEC = SyntheticSpec(users=400, items=200, events=20_000, days=6, clusters=5, seed=11,
                      start=dt.date(2024, 3, 1))

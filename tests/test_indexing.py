@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pipelines import delta, indexing
+from pipelines.batch import indexing
+from pipelines.storage import delta
 from schemas.tables import USER_INDEX
 
 NOW = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)

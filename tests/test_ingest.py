@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
-from pipelines import delta, landing
-from pipelines.config import UsageError
-from pipelines.generate import SyntheticSpec, catalog_lines, event_lines
-from pipelines.ingest import ingest_catalog, ingest_date, ingest_dates
+from pipelines.batch.ingest import ingest_catalog, ingest_date, ingest_dates
+from pipelines.dev.generate import SyntheticSpec, catalog_lines, event_lines
+from pipelines.runtime.config import UsageError
+from pipelines.storage import delta, landing
 from schemas.tables import INTERACTIONS, ITEMS, QUARANTINE
 
 SPEC = SyntheticSpec(users=200, items=50, events=4_000, days=3, clusters=4, seed=5,

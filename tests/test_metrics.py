@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from pipelines.metrics import ranking_metrics
+from pipelines.batch.metrics import ranking_metrics
 from tests import reference
 
 

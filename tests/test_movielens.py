@@ -8,9 +8,10 @@ import os
 import pyspark
 import pytest
 
-from pipelines import delta, landing, movielens
-from pipelines.config import UsageError
-from pipelines.ingest import ingest_catalog, ingest_date
+from pipelines.batch.ingest import ingest_catalog, ingest_date
+from pipelines.dev import movielens
+from pipelines.runtime.config import UsageError
+from pipelines.storage import delta, landing
 from schemas.tables import INTERACTIONS, ITEMS, QUARANTINE
 
 SAMPLE = os.path.join(os.path.dirname(pyspark.__file__),

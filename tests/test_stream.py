@@ -19,18 +19,19 @@ import time
 import pyarrow.compute as pc
 import pytest
 
-from pipelines import broker, delta, feedback
-from pipelines.generate import SyntheticSpec
-from pipelines.score import score
-from pipelines.sql import query
-from pipelines.stream import load_model, refresh, user_history
-from pipelines.train import TrainParams, train
+from pipelines.batch.score import load_serving_model, score
+from pipelines.batch.train import ModelCard, train
+from pipelines.dev import broker, feedback
+from pipelines.dev.generate import SyntheticSpec
+from pipelines.storage import delta, tracking
+from pipelines.storage.sql import query
+from pipelines.streaming.microbatch import refresh, user_history
 from schemas.tables import INTERACTIONS, QUARANTINE, RECOMMENDATIONS, USER_FACTORS
 from tests.conftest import ROOT, VENV_BIN, ingested, job_env
 
 SPEC = SyntheticSpec(users=300, items=80, events=15_000, days=8, clusters=8, seed=5,
                      start=dt.date(2024, 3, 1))
-PARAMS = TrainParams(rank=8, max_iter=6, window_days=8, holdout_days=2, k=5)
+PARAMS = ModelCard(rank=8, max_iter=6, window_days=8, holdout_days=2, k=5)
 K = 5
 
 
@@ -117,9 +118,9 @@ def producer(kafka):
                          enable_idempotence=False, max_request_size=3 << 20)
 
 
-def expected_refresh(lh, users):
-    model = load_model(lh)
-    _, rows = refresh(model, user_history(lh, users), users, k=K)
+def expected_refresh(spark, lh, users):
+    model = load_serving_model(spark, lh, tracking.get_alias(lh))
+    _, rows = refresh(model, user_history(lh, users), users, k=K, new_item_slots=1)
     return model, sorted((r[0], r[1], r[2], r[4]) for r in rows), rows
 
 
@@ -129,8 +130,8 @@ def stream_rows(lh):
     return inter
 
 
-def assert_recommendations_are_a_fresh_fold_in(lh, users):
-    model, want, raw = expected_refresh(lh, users)
+def assert_recommendations_are_a_fresh_fold_in(spark, lh, users):
+    model, want, raw = expected_refresh(spark, lh, users)
     recs = delta.arrow_dataset(lh, RECOMMENDATIONS).to_table(
         filter=pc.field("user_id").isin(users))
     got = sorted(zip(recs["user_id"].to_pylist(), recs["rank"].to_pylist(),
@@ -144,7 +145,7 @@ def assert_recommendations_are_a_fresh_fold_in(lh, users):
     return model
 
 
-def test_stream_end_to_end_with_poison_duplicates_and_a_new_taste(lh, kafka):
+def test_stream_end_to_end_with_poison_duplicates_and_a_new_taste(spark, lh, kafka):
     topic = topic_for(kafka, "e2e")
     users, items = known(lh)
     (demo_user,), = query(lh, """SELECT user_id FROM interactions JOIN items USING (item_id)
@@ -196,7 +197,7 @@ def test_stream_end_to_end_with_poison_duplicates_and_a_new_taste(lh, kafka):
     assert raw_bytes[0].startswith(b"\xff\xfe")
 
     touched = sorted(set(inter["user_id"].to_pylist()))
-    model = assert_recommendations_are_a_fresh_fold_in(lh, touched)
+    model = assert_recommendations_are_a_fresh_fold_in(spark, lh, touched)
     uf = delta.arrow_dataset(lh, USER_FACTORS).to_table(
         filter=(pc.field("source") == "fold_in") & (pc.field("model_version") == model.version))
     assert set(uf["user_id"].to_pylist()) <= set(touched)
@@ -249,7 +250,7 @@ def test_sigterm_stops_after_the_batch_in_flight(lh, kafka):
 
 
 @pytest.mark.slow
-def test_sigkill_ten_times_while_producing_loses_and_duplicates_nothing(lh, kafka):
+def test_sigkill_ten_times_while_producing_loses_and_duplicates_nothing(spark, lh, kafka):
     topic = topic_for(kafka, "kills")
     users, items = known(lh)
     records = list(feedback.random_events(users, items, 2400, seed=3, prefix="kill",
@@ -295,7 +296,7 @@ def test_sigkill_ten_times_while_producing_loses_and_duplicates_nothing(lh, kafk
     quar = delta.arrow_dataset(lh, QUARANTINE).to_table(filter=pc.field("origin") == "stream")
     assert sorted(quar["raw"].to_pylist()) == sorted(b[1].decode() for b in bad)
     touched = sorted(set(stream_rows(lh)["user_id"].to_pylist()))
-    assert_recommendations_are_a_fresh_fold_in(lh, touched)
+    assert_recommendations_are_a_fresh_fold_in(spark, lh, touched)
 
 
 def test_a_broker_that_lost_its_data_is_refused_not_silently_skipped(lh, tmp_path):
@@ -447,7 +448,7 @@ def test_broker_and_produce_commands(tmp_path):
 
 
 @pytest.mark.slow
-def test_stream_through_spark_submit(lh, kafka):
+def test_stream_through_spark_submit(spark, lh, kafka):
     topic = topic_for(kafka, "submit")
     users, items = known(lh)
     p = producer(kafka)
@@ -463,5 +464,5 @@ def test_stream_through_spark_submit(lh, kafka):
         capture_output=True, text=True, env=job_env(), cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(stream_rows(lh)) == 30
-    assert_recommendations_are_a_fresh_fold_in(lh, sorted(set(stream_rows(lh)["user_id"]
+    assert_recommendations_are_a_fresh_fold_in(spark, lh, sorted(set(stream_rows(lh)["user_id"]
                                                               .to_pylist())))

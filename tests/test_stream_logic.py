@@ -9,8 +9,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipelines import als, delta, topk
-from pipelines.kafka_source import (
+from pipelines.model import topk
+from pipelines.model.card import ModelCard
+from pipelines.model.trainer import FoldInRule
+from pipelines.serving.model import ServingModel
+from pipelines.storage import delta
+from pipelines.streaming.checkpoint import CheckpointError, check_checkpoint
+from pipelines.streaming.kafka_source import (
     KafkaConfigError,
     SourceOptions,
     cap_offsets,
@@ -18,7 +23,8 @@ from pipelines.kafka_source import (
     parse_offsets,
     redacted,
 )
-from pipelines.stream import CheckpointError, ServingModel, check_checkpoint, refresh, split_records
+from pipelines.streaming.microbatch import refresh, split_records
+from schemas.events import default_weights
 from schemas.tables import INTERACTIONS
 
 A, B = ("t", 0), ("t", 1)
@@ -140,9 +146,10 @@ def test_split_records_dedups_by_arrival_and_recognises_its_own_replay():
 
 def _model(y, ids, *, alpha=3.0, reg=0.1, pop=None):
     pop_ids = sorted(pop) if pop else []
-    return ServingModel(1, ids, y.astype(np.float32), als.gram(y.astype(np.float32)),
-                        {i: r for r, i in enumerate(ids)}, alpha, reg, dict(als.DEFAULT_WEIGHTS),
-                        pop_ids, np.array([[pop[i]] for i in pop_ids], np.float32).reshape(-1, 1))
+    card = ModelCard(alpha=alpha, reg=reg)
+    return ServingModel.build(1, card, FoldInRule(alpha, reg), trained=(ids, y),
+                              placed=([], np.zeros((0, y.shape[1]))),
+                              popular=(pop_ids, np.array([pop[i] for i in pop_ids])))
 
 
 def _reference_fold_in(y, items, r, alpha, reg):
@@ -168,13 +175,13 @@ def test_refresh_matches_a_dense_numpy_solve_and_the_brute_force_top_k():
     rows.append(("u5", ids[7], "rating", 4.5))
     hist = pd.DataFrame(rows, columns=["user_id", "item_id", "event_type", "value"])
     users = sorted(hist["user_id"].unique())
-    vectors, recs = refresh(model, hist, users, k=5)
+    vectors, recs = refresh(model, hist, users, k=5, new_item_slots=1)
     for u in users:
         h = hist[(hist.user_id == u) & hist.item_id.isin(ids)]
-        w = h.event_type.map(als.DEFAULT_WEIGHTS).where(h.event_type != "rating", h.value)
+        w = h.event_type.map(default_weights()).where(h.event_type != "rating", h.value)
         r = w.groupby(h.item_id).sum()
         items = np.array([model.row[i] for i in r.index])
-        ref = _reference_fold_in(y, items, r.to_numpy(), model.alpha, model.reg)
+        ref = _reference_fold_in(y, items, r.to_numpy(), model.card.alpha, model.card.reg)
         np.testing.assert_allclose(vectors[u], ref, rtol=2e-4, atol=2e-5)
         seen = [model.row[i] for i in h.item_id]
         (best,) = topk.brute_force(vectors[u][None], y, [np.array(seen)], 5,
@@ -191,7 +198,7 @@ def test_refresh_tops_up_with_popular_unseen_items_and_serves_users_without_fact
     hist = pd.DataFrame([("u1", "a", "purchase", None), ("u1", "b", "view", None),
                          ("new", "e", "view", None)],
                         columns=["user_id", "item_id", "event_type", "value"])
-    vectors, recs = refresh(model, hist, ["u1", "new"], k=3)
+    vectors, recs = refresh(model, hist, ["u1", "new"], k=3, new_item_slots=1)
     assert set(vectors) == {"u1"}  # "new" touched only an item without factors
     u1 = [(r[2], r[4]) for r in recs if r[0] == "u1"]
     assert u1 == [("c", "fold_in"), ("d", "popular"), ("e", "popular")]
@@ -208,11 +215,11 @@ def test_a_user_who_buys_from_a_new_cluster_gets_that_clusters_items():
     model = _model(y, ids, alpha=10.0, reg=0.01)
     before = pd.DataFrame([("u", ids[j], "purchase", None) for j in range(3)],
                           columns=["user_id", "item_id", "event_type", "value"])
-    _, recs = refresh(model, before, ["u"], k=3)
+    _, recs = refresh(model, before, ["u"], k=3, new_item_slots=1)
     assert all(int(r[2][1:]) < 10 for r in recs)
     after = pd.concat([before, pd.DataFrame([("u", ids[j], "purchase", None)
                                              for j in range(10, 16)], columns=before.columns)])
-    _, recs = refresh(model, after, ["u"], k=3)
+    _, recs = refresh(model, after, ["u"], k=3, new_item_slots=1)
     assert [r[2] for r in recs] == ["i16", "i17", "i18"]  # B's unseen items, ties by id
 
 
@@ -239,7 +246,7 @@ class _Reader:
     """The reader's planning logic against fixed broker offsets (no broker needed)."""
 
     def __init__(self, earliest, latest, **opts):
-        from pipelines.kafka_source import KafkaStreamReader
+        from pipelines.streaming.kafka_source import KafkaStreamReader
 
         self.r = KafkaStreamReader(SourceOptions.parse(
             {"kafka.bootstrap.servers": "h:1", "subscribe": "t", **opts}))
@@ -276,7 +283,7 @@ def test_a_new_querys_first_batch_is_capped_in_the_order_spark_asks():
 
 
 def test_reader_refuses_offsets_the_broker_no_longer_has_unless_told_to_skip():
-    from pipelines.kafka_source import OffsetOutOfRangeError
+    from pipelines.streaming.kafka_source import OffsetOutOfRangeError
 
     f = _Reader({A: 30, B: 0}, {A: 60, B: 5})
     with pytest.raises(OffsetOutOfRangeError, match="t/0 offsets 10..29"):
@@ -288,3 +295,42 @@ def test_reader_refuses_offsets_the_broker_no_longer_has_unless_told_to_skip():
     f = _Reader({A: 0, B: 0}, {A: 3, B: 5}, **{"lakerec.resumeOffsets": '{"t": {"0": 9, "1": 5}}'})
     with pytest.raises(OffsetOutOfRangeError, match="went back"):
         f.r.latestOffset()
+
+
+# --------------------------------------------------------------------------- supervisor
+
+
+def test_failures_are_sorted_by_type_not_by_their_text():
+    from kafka.errors import KafkaTimeoutError
+
+    from pipelines.storage.deltalog import DeltaConflictError
+    from pipelines.streaming.kafka_source import OffsetOutOfRangeError
+    from pipelines.streaming.supervisor import classify, failure_of, remote_error
+
+    assert classify(KafkaTimeoutError()) == "transient"
+    assert classify(ConnectionRefusedError()) == "transient"
+    assert classify(OffsetOutOfRangeError("gone")) == "fatal"
+    assert classify(DeltaConflictError("v7")) == "fatal"
+    assert classify(KafkaConfigError("bad")) == "fatal"
+    assert classify(ValueError("TimeoutError in the text")) == "fatal"  # the text is not read
+    # a failure from a Spark Python worker arrives as text: the class on its traceback's
+    # last Python line is resolved to the class itself
+    worker = RuntimeError(
+        "org.apache.spark.SparkException: Job aborted due to stage failure\n"
+        "Traceback (most recent call last):\n  File \"x.py\", line 1, in read\n"
+        "pipelines.streaming.kafka_source.OffsetOutOfRangeError: offsets 5..9 are gone\n"
+        "\tat org.apache.spark.api.python.BasePythonRunner...")
+    cls, line = remote_error(worker)
+    assert cls is OffsetOutOfRangeError and line.endswith("offsets 5..9 are gone")
+
+    class Ctx:
+        failure = None
+
+    assert failure_of(worker, Ctx()) == ("fatal", line)
+    outage = RuntimeError("Traceback (most recent call last):\n"
+                          "kafka.errors.KafkaTimeoutError: KafkaTimeoutError: metadata")
+    assert failure_of(outage, Ctx())[0] == "transient"
+    ctx = Ctx()
+    ctx.failure = OffsetOutOfRangeError("raised in this process")
+    assert failure_of(RuntimeError("wrapped by Py4J"), ctx) == \
+        ("fatal", "OffsetOutOfRangeError: raised in this process")

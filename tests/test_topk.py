@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines import topk
+from pipelines.batch import recommend
+from pipelines.model import topk
 
 
 @st.composite
@@ -88,7 +89,7 @@ def test_recommend_on_spark(spark):
     df = spark.createDataFrame(
         [(f"u{u}", users[u].tolist(), seen[u].tolist()) for u in range(7)],
         "user_id string, factors array<float>, seen array<int>")
-    got = topk.recommend(spark, df, ids, items, k=4, block=3, tile=8).collect()
+    got = recommend.recommend(spark, df, ids, items, k=4, block=3, tile=8).collect()
     expected = topk.brute_force(users, items, seen, 4, topk.order_key(ids))
     by_user = {}
     for r in sorted(got, key=lambda r: (r.user_id, r.rank)):
@@ -97,14 +98,14 @@ def test_recommend_on_spark(spark):
 
 
 def test_backend_choice(monkeypatch):
-    assert topk.choose_backend("cpu") == "cpu"
+    assert recommend.choose_backend("cpu") == "cpu"
     with pytest.raises(ValueError):
-        topk.choose_backend("tpu")
-    monkeypatch.setattr(topk, "_task_gpu", lambda: None)
-    assert topk.choose_backend("auto") == "cpu"  # no GPU granted to the task
-    monkeypatch.setattr(topk, "_task_gpu", lambda: 0)
+        recommend.choose_backend("tpu")
+    monkeypatch.setattr(recommend, "task_gpu", lambda: None)
+    assert recommend.choose_backend("auto") == "cpu"  # no GPU granted to the task
+    monkeypatch.setattr(recommend, "task_gpu", lambda: 0)
     monkeypatch.setitem(sys.modules, "torch", None)  # GPU granted, torch not installed
-    assert topk.choose_backend("auto") == "cpu"
+    assert recommend.choose_backend("auto") == "cpu"
 
 
 def _cuda():
@@ -155,3 +156,30 @@ def test_gpu_kernel_matches_cpu_kernel_within_float_tolerance():
     same = (gi == ci).all(axis=1)
     # where the lists differ, it is an order swap between scores equal to float32 precision
     assert same.mean() > 0.99
+
+
+@gpu
+def test_the_list_policy_gives_the_same_lists_on_the_gpu_kernel():
+    import torch
+
+    from pipelines.model.card import ModelCard
+    from pipelines.model.trainer import FoldInRule
+    from pipelines.serving import policy
+    from pipelines.serving.model import ServingModel
+
+    rng = np.random.default_rng(6)
+    ids = [f"i{j:04d}" for j in range(3000)]
+    y = np.round(rng.standard_normal((3000, 16)) * 2).astype(np.float32)  # exact dot products
+    model = ServingModel.build(1, ModelCard(), FoldInRule(1.0, 0.1), trained=(ids, y),
+                               placed=([], np.zeros((0, 16))),
+                               popular=(ids[:50], rng.random(50)))
+    users = np.round(rng.standard_normal((500, 16)) * 2).astype(np.float32)
+    seen = [np.sort(rng.choice(3000, 10, replace=False)) for _ in range(500)]
+    indptr = np.concatenate([[0], np.cumsum([len(s) for s in seen])])
+    csr = (indptr, np.concatenate(seen))
+    kernel = recommend.gpu_kernel(model.index, torch.device("cuda", 0))
+    cpu = policy.recommend(model, users, np.ones(500, bool), csr, k=10, slots=0,
+                           model_source="als")
+    gpu_ = policy.recommend(model, users, np.ones(500, bool), csr, k=10, slots=0,
+                            model_source="als", kernel=kernel)
+    assert np.array_equal(cpu.row, gpu_.row) and np.array_equal(cpu.score, gpu_.score)

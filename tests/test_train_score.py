@@ -9,11 +9,11 @@ import os
 import pytest
 from pyspark.sql import functions as F
 
-from pipelines import delta, landing, tracking
-from pipelines.generate import SyntheticSpec
-from pipelines.ingest import ingest_date
-from pipelines.score import score
-from pipelines.train import TrainParams, train
+from pipelines.batch.ingest import ingest_date
+from pipelines.batch.score import score
+from pipelines.batch.train import ModelCard, train
+from pipelines.dev.generate import SyntheticSpec
+from pipelines.storage import delta, landing, tracking
 from schemas.tables import (
     INTERACTIONS,
     ITEM_FACTORS,
@@ -26,7 +26,7 @@ from tests.conftest import ingested
 
 SPEC = SyntheticSpec(users=300, items=80, events=15_000, days=8, clusters=4, seed=3,
                      start=dt.date(2024, 2, 1))
-PARAMS = TrainParams(rank=8, max_iter=6, window_days=8, holdout_days=2, k=5)
+PARAMS = ModelCard(rank=8, max_iter=6, window_days=8, holdout_days=2, k=5)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_factors_and_indexes_are_written(spark, trained):
 
 def test_worse_model_is_not_promoted_and_champion_is_rescored(spark, trained):
     lh, _, first = trained
-    bad = train(spark, lh, TrainParams(**{**PARAMS.__dict__, "rank": 2, "max_iter": 1,
+    bad = train(spark, lh, ModelCard(**{**PARAMS.__dict__, "rank": 2, "max_iter": 1,
                                           "reg": 50.0}))
     assert bad.model_version == 2 and not bad.promoted
     assert bad.champion_version == 1
@@ -93,7 +93,7 @@ def test_worse_model_is_not_promoted_and_champion_is_rescored(spark, trained):
 
 def test_backfill_training_is_not_compared_with_a_newer_champion(spark, trained):
     lh, _, _ = trained
-    old = train(spark, lh, TrainParams(**{**PARAMS.__dict__, "window_days": 5,
+    old = train(spark, lh, ModelCard(**{**PARAMS.__dict__, "window_days": 5,
                                           "as_of": SPEC.start + dt.timedelta(days=5)}))
     assert not old.promoted and "past this holdout" in old.reason
     assert tracking.get_alias(lh).version == 1

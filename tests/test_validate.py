@@ -8,7 +8,7 @@ import json
 import pytest
 from pyspark.sql import functions as F
 
-from pipelines import validate
+from pipelines.batch import validate
 
 NOW = dt.datetime(2024, 5, 2, tzinfo=dt.UTC)
 

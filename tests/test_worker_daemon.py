@@ -13,7 +13,7 @@ import pytest
 # Runs in a fresh interpreter: the patch changes a class of the standard library.
 PROBE = textwrap.dedent("""
     import importlib, sys, zipimport
-    from pipelines import worker_daemon
+    from pipelines.runtime import worker_daemon
 
     archive = sys.argv[1]
     sys.path.insert(0, archive)
@@ -59,7 +59,7 @@ def test_zip_archives_are_reread_only_when_they_change(tmp_path):
 @pytest.mark.skipif(sys.version_info >= (3, 12), reason="the patch applies to Python < 3.12")
 def test_spark_workers_run_under_the_patched_daemon(spark):
     assert spark.sparkContext.getConf().get("spark.python.daemon.module") == \
-        "pipelines.worker_daemon"
+        "pipelines.runtime.worker_daemon"
 
     def probe(batches):
         import zipimport

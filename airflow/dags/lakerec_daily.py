@@ -1,8 +1,8 @@
 """lakerec's daily pipeline for Airflow 3.
 
 wait for the day's log partition -> ingest that date -> train (on the configured cadence)
--> embed (item text features: only new or changed catalog texts are embedded) -> score ->
-quality gate. One run per logical date; every task is idempotent for its date,
+-> embed (item text features: only new or changed catalog texts are embedded) -> place (new
+items into the champion's factor space, from their text) -> score -> quality gate. One run per logical date; every task is idempotent for its date,
 so clearing and re-running a date leaves the tables as they were.
 
 Configuration, read when the DAG file is parsed (environment of the scheduler/dag processor):
@@ -100,7 +100,7 @@ def spark_job(task_id: str, script: str, args, **kw) -> SparkSubmitOperator:
 
 with DAG(
     dag_id="lakerec_daily",
-    description="ingest -> train -> embed -> score -> quality gate, one run per day of logs",
+    description="ingest -> train -> embed -> place -> score -> quality gate, one run per day",
     schedule="@daily",
     start_date=START,
     catchup=CATCHUP,
@@ -138,9 +138,10 @@ with DAG(
     # "--k=N" in one token: a native-rendered "{{ params.k }}" alone would become an int
     embed = spark_job("embed", "embed.py", ["--k={{ params.k }}"],
                       trigger_rule="none_failed_min_one_success")
+    place = spark_job("place", "place.py", [])
     score = spark_job("score", "score.py", ["--k={{ params.k }}"])
     quality_gate = spark_job("quality_gate", "check.py", ["--k={{ params.k }}"],
                              retries=0)
 
-    wait_for_logs() >> ingest >> train_due() >> [train, skip_train] >> embed >> score
+    wait_for_logs() >> ingest >> train_due() >> [train, skip_train] >> embed >> place >> score
     score >> quality_gate

@@ -1,0 +1,1 @@
+"""The Spark jobs' logic: validate, ingest, train, evaluate, embed, place, score, check."""

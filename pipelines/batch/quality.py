@@ -1,0 +1,77 @@
+"""Quality gate: the invariants ``recommendations`` must hold, checked with DuckDB.
+
+Each check is a query counting violations; zero means it holds. Used by ``lakerec check``
+and the Airflow DAG's last task, which fails the run when any count is not zero.
+
+Example
+-------
+>>> failures = [c for c in check_recommendations("/lh", k=10) if c.violations]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipelines.storage import sql
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    violations: int
+
+
+def _checks(k: int) -> dict[str, str]:
+    return {
+        "recommendations exist":
+            "SELECT CASE WHEN count(*) = 0 THEN 1 ELSE 0 END FROM recommendations",
+        "no null in a required column":
+            "SELECT count(*) FROM recommendations WHERE user_id IS NULL OR item_id IS NULL "
+            "OR rank IS NULL OR score IS NULL OR source IS NULL OR generated_at IS NULL",
+        f"at most {k} rows per user":
+            f"SELECT count(*) FROM (SELECT user_id FROM recommendations GROUP BY 1 "
+            f"HAVING count(*) > {k})",
+        "ranks are 1..n per user":
+            "SELECT count(*) FROM (SELECT user_id, count(*) n, min(rank) lo, max(rank) hi, "
+            "count(DISTINCT rank) d FROM recommendations GROUP BY 1) "
+            "WHERE lo != 1 OR hi != n OR d != n",
+        "no item twice for a user":
+            "SELECT count(*) FROM (SELECT user_id, item_id FROM recommendations "
+            "GROUP BY 1, 2 HAVING count(*) > 1)",
+        "no seen item recommended":
+            "SELECT count(*) FROM recommendations r SEMI JOIN interactions i "
+            "USING (user_id, item_id)",
+        "every user with interactions is scored":
+            "SELECT count(*) FROM (SELECT DISTINCT user_id FROM interactions) u "
+            "ANTI JOIN recommendations r USING (user_id)",
+        # a user may get fewer than k rows only if fewer than k items with factors of the
+        # served model remain unseen (a lower bound of the recommendable catalog)
+        f"{k} rows unless fewer than {k} recommendable items are unseen":
+            f"""
+            WITH served AS (SELECT max(model_version) AS v FROM recommendations),
+                 catalog AS (SELECT DISTINCT item_id FROM item_factors
+                             WHERE model_version = (SELECT v FROM served)),
+                 n_rows AS (SELECT user_id, count(*) AS n FROM recommendations GROUP BY 1),
+                 seen AS (SELECT i.user_id, count(DISTINCT i.item_id) AS s
+                          FROM interactions i SEMI JOIN catalog c USING (item_id)
+                          GROUP BY 1)
+            SELECT count(*) FROM n_rows LEFT JOIN seen USING (user_id)
+            WHERE n < {k}
+              AND (SELECT count(*) FROM catalog) - coalesce(s, 0) >= {k}""",
+    }
+
+
+def check_recommendations(lakehouse: str, *, k: int) -> list[Check]:
+    """Run every check; a missing table counts as one violation of the first check."""
+    from pipelines.storage import delta
+    from schemas.tables import INTERACTIONS, ITEM_FACTORS, RECOMMENDATIONS
+
+    if not all(delta.exists(lakehouse, t) for t in (RECOMMENDATIONS, INTERACTIONS)):
+        return [Check("recommendations exist", 1)]
+    out = []
+    for name, query in _checks(k).items():
+        if "item_factors" in query and not delta.exists(lakehouse, ITEM_FACTORS):
+            continue
+        _, rows = sql.query(lakehouse, query)
+        out.append(Check(name, int(rows[0][0])))
+    return out

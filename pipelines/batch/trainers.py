@@ -1,0 +1,138 @@
+"""Model families behind the trainer seam (:mod:`pipelines.model.trainer`), and the Spark side
+of fold-in.
+
+* :func:`confidence` -- events -> ``r_ui`` per user-item pair, in Spark, by the rule of
+  :mod:`schemas.events` (:func:`schemas.events.event_r` is its numpy twin);
+* :class:`SparkALS` -- Spark ML's implicit ALS: ``fit`` returns the item factors and the
+  ALS-WR fold-in rule (``lambda n_u``);
+* :func:`fold_in_users` -- every user of a history solved against fixed item factors on the
+  executors, with the one solver :func:`pipelines.model.als.fold_in_many`.
+
+Example
+-------
+>>> r = confidence(events, weights={"view": 1.0, "purchase": 8.0})     # doctest: +SKIP
+>>> model = get("als").fit(spark, pairs, ModelCard(rank=64))          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from pipelines.model import als
+from pipelines.model.card import ModelCard
+from pipelines.model.trainer import FoldInRule, TrainedModel, Trainer
+from schemas import events as event_types
+
+
+def confidence(events: DataFrame, *, weights: Mapping[str, float],
+               user_col: str = "user_id", item_col: str = "item_id") -> DataFrame:
+    """``user, item, r`` with ``r_ui = sum_e r_e`` (:mod:`schemas.events`); pairs whose sum is
+    not positive carry no preference and are dropped.
+
+    Cost: one aggregation over ``events`` (a shuffle by pair).
+    """
+    w = F.lit(0.0)
+    for t, v in weights.items():
+        w = F.when(F.col("event_type") == t, F.lit(float(v))).otherwise(w)
+    for t in event_types.valued_types():
+        w = F.when(F.col("event_type") == t.name, F.col("value")).otherwise(w)
+    return (events.groupBy(user_col, item_col).agg(F.sum(w).alias("r"))
+            .where(F.col("r") > 0))
+
+
+class SparkALS:
+    """Spark ML ``ALS(implicitPrefs=True)``: the first :class:`~pipelines.model.trainer.Trainer`."""
+
+    name = "als"
+
+    def fold_in_rule(self, card: ModelCard) -> FoldInRule:
+        # Spark scales lambda by the row's number of observed entries (ALS-WR)
+        return FoldInRule(alpha=card.alpha, reg=card.reg, reg_per_entry=True)
+
+    def fit(self, spark, pairs: DataFrame, card: ModelCard, *, checkpoint_interval: int = 5,
+            num_blocks: int | None = None) -> TrainedModel:
+        """Train on ``(user_idx, item_idx, r)``. Needs a SparkContext checkpoint directory:
+        without one, long lineages across iterations overflow the stack.
+
+        Cost: ``max_iter`` distributed iterations; the item factors (items x rank floats)
+        come to the driver.
+        """
+        from pyspark.ml.recommendation import ALS
+
+        est = ALS(rank=card.rank, maxIter=card.max_iter, regParam=card.reg, alpha=card.alpha,
+                  implicitPrefs=True, userCol="user_idx", itemCol="item_idx", ratingCol="r",
+                  seed=card.seed, nonnegative=False, checkpointInterval=checkpoint_interval,
+                  coldStartStrategy="drop", intermediateStorageLevel="MEMORY_AND_DISK")
+        if num_blocks:
+            est = est.setNumUserBlocks(num_blocks).setNumItemBlocks(num_blocks)
+        model = est.fit(pairs.select("user_idx", "item_idx", F.col("r").cast("float")))
+        rows = sorted(model.itemFactors.collect(), key=lambda r: r.id)
+        idx = np.array([r.id for r in rows], dtype=np.int64)
+        y = np.array([r.features for r in rows], dtype=np.float32).reshape(len(rows), card.rank)
+        return TrainedModel(idx, y, self.fold_in_rule(card), native=model)
+
+    def log_model(self, model: TrainedModel, card: ModelCard):
+        import mlflow
+        import pyspark
+
+        from pipelines.storage import tracking
+
+        return mlflow.spark.log_model(model.native, artifact_path="model",
+                                      registered_model_name=tracking.ALS_MODEL,
+                                      pip_requirements=[f"pyspark=={pyspark.__version__}"])
+
+
+TRAINERS: dict[str, Trainer] = {t.name: t for t in (SparkALS(),)}
+
+
+def get(name: str) -> Trainer:
+    """The trainer called ``name`` (a model card's ``trainer``)."""
+    try:
+        return TRAINERS[name]
+    except KeyError:
+        raise ValueError(f"unknown trainer {name!r} (known: {', '.join(TRAINERS)})") from None
+
+
+def fold_in_users(spark, history: DataFrame, item_factors: np.ndarray, item_row: np.ndarray, *,
+                  rule: FoldInRule) -> DataFrame:
+    """Solve every user of ``history`` (``user_id, item_idx, r``) against fixed item factors.
+
+    ``item_factors[j]`` is the vector of item ``item_row[j]`` (an item_idx). Items without a
+    vector are ignored, and a user left with no positive weight gets no row (no vector: the
+    serving policy gives such users the popular list). Returns ``user_id, factors``.
+
+    Cost: one shuffle grouping ``history`` by user; the factors are broadcast once and each
+    Arrow batch's users are solved by :func:`pipelines.model.als.fold_in_many`.
+    """
+    y = np.ascontiguousarray(item_factors, dtype=np.float32)
+    lookup = np.full(int(np.max(item_row, initial=-1)) + 2, -1, np.int64)
+    lookup[np.asarray(item_row, np.int64)] = np.arange(len(item_row))
+    bc = spark.sparkContext.broadcast((y, als.gram(y), lookup))
+    grouped = history.groupBy("user_id").agg(
+        F.collect_list("item_idx").alias("items"), F.collect_list("r").alias("rs"))
+
+    def solve(batches):
+        import pandas as pd
+
+        y_, yty_, lookup_ = bc.value
+        for pdf in batches:
+            n = len(pdf)
+            lens = pdf["items"].map(len).to_numpy(np.int64)
+            codes = np.repeat(np.arange(n), lens)
+            items = np.concatenate([np.asarray(v, np.int64) for v in pdf["items"]]) \
+                if n else np.zeros(0, np.int64)
+            rs = np.concatenate([np.asarray(v, np.float64) for v in pdf["rs"]]) \
+                if n else np.zeros(0)
+            inside = items < len(lookup_) - 1
+            rows = np.where(inside, lookup_[np.where(inside, items, len(lookup_) - 1)], -1)
+            keep = (rows >= 0) & (rs > 0)
+            users, x = als.fold_in_many(y_, yty_, codes[keep], rows[keep], rule.c1(rs[keep]),
+                                        n, rule=rule)
+            yield pd.DataFrame({"user_id": pdf["user_id"].to_numpy()[users],
+                                "factors": list(x)})
+
+    return grouped.mapInPandas(solve, "user_id string, factors array<float>")

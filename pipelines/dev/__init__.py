@@ -1,0 +1,2 @@
+"""Development tools: the synthetic generator, the MovieLens import, the local broker and
+synthetic feedback."""

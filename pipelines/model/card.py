@@ -1,0 +1,139 @@
+"""The model card: the settings a model was trained with, typed, and the defaults, declared once.
+
+Every default a user can override (``k``, the new-item slots, the event weights, the ALS
+settings, the training window) is a field of :data:`DEFAULTS` or of :class:`ModelCard`; jobs,
+the stream and the docs read them from here. A card round-trips through MLflow params as
+strings (:meth:`ModelCard.to_params`, :meth:`ModelCard.from_params`), so the stream and the
+champion's re-evaluation read back exactly the settings training used, typed, instead of
+parsing strings with their own fallbacks.
+
+Example
+-------
+>>> card = ModelCard(rank=8, alpha=2.0)
+>>> ModelCard.from_params(card.to_params()) == card
+True
+>>> DEFAULTS.k, DEFAULTS.new_item_slots
+(10, 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from schemas.events import check_weights, default_weights
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Defaults that are not training settings (those are :class:`ModelCard`'s)."""
+
+    k: int = 10
+    new_item_slots: int = 1
+    content_reg: float = 1.0
+
+
+DEFAULTS = Defaults()
+
+
+def _weights() -> dict[str, float]:
+    return default_weights()
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model is: its trainer, its settings and (once trained) its data window.
+
+    ``as_of`` and the window bounds are ``None`` in a card that asks for a training; the
+    trained model's card has them resolved (``start <= cutoff < end``, UTC).
+    """
+
+    trainer: str = "als"
+    rank: int = 32
+    alpha: float = 5.0
+    reg: float = 0.05
+    max_iter: int = 10
+    seed: int = 7
+    window_days: int = 30
+    holdout_days: int = 3
+    k: int = DEFAULTS.k
+    weights: Mapping[str, float] = field(default_factory=_weights)
+    as_of: _dt.date | None = None
+    start: _dt.datetime | None = None
+    cutoff: _dt.datetime | None = None
+    end: _dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("rank", "max_iter", "window_days", "k"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, not {v!r}")
+        if isinstance(self.holdout_days, bool) or not isinstance(self.holdout_days, int) \
+                or not 1 <= self.holdout_days < self.window_days:
+            raise ValueError("holdout_days must be an integer in [1, window_days)")
+        for name in ("alpha", "reg"):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) \
+                    or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, not {v!r}")
+        object.__setattr__(self, "weights", dict(check_weights(self.weights)))
+
+    # ------------------------------------------------------------------ MLflow round trip
+
+    def to_params(self) -> dict[str, str]:
+        """MLflow params (strings); the window bounds only once resolved."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is None:
+                continue
+            if f.name == "weights":
+                out[f.name] = json.dumps(dict(v), sort_keys=True)
+            elif isinstance(v, _dt.date):
+                out[f.name] = v.isoformat()
+            else:
+                out[f.name] = str(v)
+        return out
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> ModelCard:
+        """The card of a run; a key a run lacks (an older run) takes its default here."""
+        kw: dict = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in params:
+                continue
+            text = params[f.name]
+            if f.name == "weights":
+                kw[f.name] = {k: float(v) for k, v in json.loads(text).items()}
+            elif f.name == "as_of":
+                kw[f.name] = _dt.date.fromisoformat(text)
+            elif f.name in ("start", "cutoff", "end"):
+                t = _dt.datetime.fromisoformat(text)
+                kw[f.name] = t if t.tzinfo else t.replace(tzinfo=_dt.UTC)
+            elif f.name == "trainer":
+                kw[f.name] = text
+            elif f.name in ("alpha", "reg"):
+                kw[f.name] = float(text)
+            else:
+                kw[f.name] = int(text)
+        return cls(**kw)
+
+    def with_window(self, as_of: _dt.date) -> ModelCard:
+        """This card with its window resolved for ``as_of``: ``[as_of + 1 - window, as_of + 1)``
+        of event time, the last ``holdout_days`` held out."""
+        end = _dt.datetime.combine(as_of + _dt.timedelta(days=1), _dt.time(), _dt.UTC)
+        return dataclasses.replace(
+            self, as_of=as_of, start=end - _dt.timedelta(days=self.window_days),
+            cutoff=end - _dt.timedelta(days=self.holdout_days), end=end)
+
+    def settings(self) -> dict:
+        """The requested settings (no resolved window): what makes two trainings the same."""
+        d = dataclasses.asdict(self)
+        for name in ("start", "cutoff", "end"):
+            d.pop(name)
+        d["weights"] = dict(self.weights)
+        return d

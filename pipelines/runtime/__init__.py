@@ -1,0 +1,2 @@
+"""Running the jobs: the command line and configuration, the Spark session and its worker
+daemon, cluster packaging."""

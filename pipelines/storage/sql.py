@@ -1,0 +1,145 @@
+"""Analyst SQL over the lakehouse with DuckDB, time travel included.
+
+Every table is registered from ``deltalake`` as an Arrow dataset (no DuckDB extension to
+download). Delta-style time travel works inside the query::
+
+    SELECT count(*) FROM interactions VERSION AS OF 3
+    SELECT * FROM recommendations TIMESTAMP AS OF '2024-06-30 12:00:00'
+
+or for a whole table with ``as_of={"interactions": 3}``. The engine cannot read or write
+files on its own (``enable_external_access = false``): only the lakehouse tables are visible.
+
+Example
+-------
+>>> cols, rows = query("/lh", "SELECT source, count(*) FROM recommendations GROUP BY 1")
+... # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import re
+from collections.abc import Mapping
+
+from pipelines.errors import UsageError
+from pipelines.storage import delta
+from schemas.tables import TABLES
+
+_TRAVEL = re.compile(
+    r"\b(?P<table>[A-Za-z_][A-Za-z0-9_]*)\s+(?P<kind>VERSION|TIMESTAMP)\s+AS\s+OF\s+"
+    r"(?P<value>'[^']*'|\d+)", re.IGNORECASE)
+
+
+def _version_at(lakehouse: str, table: str, ts_text: str) -> int:
+    try:
+        ts = _dt.datetime.fromisoformat(ts_text)
+    except ValueError:
+        raise UsageError(f"bad timestamp {ts_text!r} (use ISO-8601)") from None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=_dt.UTC)
+    dt = delta.open_table(lakehouse, table)
+    try:
+        dt.load_as_version(ts)
+    except Exception as e:
+        raise UsageError(f"{table} has no version as of {ts_text}: {e}") from None
+    return dt.version()
+
+
+def rewrite(sql: str, lakehouse: str) -> tuple[str, dict[str, tuple[str, int]]]:
+    """Replace ``t VERSION|TIMESTAMP AS OF x`` by views; returns (sql, {view: (table, version)})."""
+    views: dict[str, tuple[str, int]] = {}
+
+    def sub(m: re.Match) -> str:
+        table, kind, value = m["table"].lower(), m["kind"].upper(), m["value"]
+        if table not in TABLES:
+            raise UsageError(f"time travel on unknown table {m['table']!r}")
+        if kind == "VERSION":
+            version = int(value.strip("'"))
+        else:
+            version = _version_at(lakehouse, table, value.strip("'"))
+        view = f"{table}__v{version}"
+        views[view] = (table, version)
+        return view
+
+    return _TRAVEL.sub(sub, sql), views
+
+
+def connect(lakehouse: str, as_of: Mapping[str, int] | None = None, sql: str = ""):
+    """A DuckDB connection with every existing table registered (``as_of`` pins versions)."""
+    import duckdb
+
+    as_of = dict(as_of or {})
+    unknown = set(as_of) - set(TABLES)
+    if unknown:
+        raise UsageError(f"unknown table(s) in --as-of: {', '.join(sorted(unknown))}")
+    sql, views = rewrite(sql, lakehouse)
+    con = duckdb.connect()
+    for name in TABLES:
+        if delta.exists(lakehouse, name):
+            try:
+                con.register(name, delta.arrow_dataset(lakehouse, name, as_of.get(name)))
+            except delta.TableMissingError as e:
+                raise UsageError(str(e)) from None
+        elif name in as_of:
+            raise UsageError(f"table {name} does not exist")
+    for view, (table, version) in views.items():
+        if not delta.exists(lakehouse, table):
+            raise UsageError(f"table {table} does not exist")
+        try:
+            con.register(view, delta.arrow_dataset(lakehouse, table, version))
+        except delta.TableMissingError as e:
+            raise UsageError(str(e)) from None
+    con.execute("SET enable_external_access = false")
+    return con, sql
+
+
+def query(lakehouse: str, sql: str, *, as_of: Mapping[str, int] | None = None,
+          limit: int | None = None) -> tuple[list[str], list[tuple]]:
+    """Run ``sql``; returns (column names, rows). SQL errors are :class:`UsageError`."""
+    import duckdb
+
+    con, sql = connect(lakehouse, as_of, sql)
+    try:
+        cur = con.execute(sql)
+        cols = [d[0] for d in cur.description] if cur.description else []
+        rows = cur.fetchmany(limit) if limit else cur.fetchall()
+    except duckdb.Error as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+    finally:
+        con.close()
+    return cols, rows
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, list | tuple):
+        inner = ", ".join(_cell(x) for x in v[:4])
+        return f"[{inner}{', ...' if len(v) > 4 else ''}]"
+    return str(v)
+
+
+def format_rows(cols: list[str], rows: list[tuple], fmt: str = "table", *,
+                max_width: int = 48) -> str:
+    """Render a result as an aligned text table, CSV, or JSON (one object per line)."""
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(cols)
+        w.writerows([[("" if v is None else v) for v in r] for r in rows])
+        return buf.getvalue().rstrip("\n")
+    if fmt == "json":
+        return "\n".join(json.dumps(dict(zip(cols, r, strict=True)), default=str)
+                         for r in rows)
+    cells = [[_cell(v)[:max_width] for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[j]) for r in cells]) for j, c in enumerate(cols)]
+    line = "-+-".join("-" * w for w in widths)
+    out = [" | ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)), line]
+    out += [" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(out)

@@ -1,0 +1,422 @@
+"""One micro-batch of the stream: Kafka records -> ``interactions`` -> refreshed lists.
+
+:func:`process_batch` (called by ``foreachBatch``):
+
+1. validates the records with the same rules as ``ingest`` (:func:`record_checker`, built on
+   :func:`pipelines.batch.validate.event_checker`) and collects the small result as Arrow;
+2. splits it (:func:`split_records`): bad records and duplicates go to ``quarantine`` with
+   ``kafka://topic/partition/offset`` and the reason, valid new events to ``interactions``;
+3. refreshes every touched user (:func:`refresh`): solves the user's fold-in rule from their
+   *full* history in ``interactions`` against the champion's trained item factors, and makes
+   their list with :func:`pipelines.serving.policy.recommend` -- the function ``score`` runs
+   on the executors -- then replaces their rows of ``user_factors`` (``source = fold_in``)
+   and ``recommendations``.
+
+**Exactly once.** Every commit carries the Delta transaction ``(lakerec.stream/<query>,
+batch_id)`` as a sequence (:meth:`pipelines.storage.deltalog.Txn.batch`), and each table is
+skipped when it already records that batch or a later one, so a batch replayed after a
+crash writes only what it had not written. Deduplication against ``interactions`` ignores
+this batch's own rows (``ingest_id = stream:<query>:<batch>``), so a replay classifies
+events exactly as the first attempt did.
+
+Example
+-------
+>>> vectors, lists = refresh(model, history, ["user-1"], k=10, new_item_slots=1)
+... # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipelines.model import als
+from pipelines.model.card import DEFAULTS
+from pipelines.serving import policy
+from pipelines.serving.model import ServingModel
+from pipelines.storage import delta
+from pipelines.streaming.checkpoint import app_id
+from schemas import EVENT_RULES, events
+from schemas.tables import (
+    INTERACTIONS,
+    ITEM_PLACEMENTS,
+    QUARANTINE,
+    RECOMMENDATIONS,
+    USER_FACTORS,
+    USER_INDEX,
+)
+
+log = logging.getLogger(__name__)
+
+_EVENT_FIELDS = ("event_id", "user_id", "item_id", "event_type", "value", "ts", "session_id",
+                 "source")
+
+
+def refresh(model: ServingModel, history, users: list[str], *, k: int, new_item_slots: int
+            ) -> tuple[dict[str, np.ndarray], list[tuple]]:
+    """Fold in ``users`` from their full ``history`` and make their lists.
+
+    Each user's pairs ``r_ui`` are summed by the event rule of :mod:`schemas.events` with the
+    model's weights, solved by the model's fold-in rule against its trained factors in one
+    :func:`pipelines.model.als.fold_in_many` call (items placed from text are seen, never
+    part of the solve), and ranked by :func:`pipelines.serving.policy.recommend`.
+
+    Parameters
+    ----------
+    history : pandas.DataFrame
+        ``user_id, item_id, event_type, value``: every interaction of these users.
+
+    Returns
+    -------
+    vectors : {user_id: (rank,) float32}, for users with at least one positively weighted
+        item the model was trained on
+    rows : [(user_id, rank, item_id, score, source)], never a seen item.
+
+    Cost: ``O(history rows)`` pandas plus the fold-in and the policy for these users only.
+    """
+    import pandas as pd
+
+    users = sorted(set(users))
+    weights = model.card.weights if model.card else events.default_weights()
+    h = history[history["user_id"].isin(users)]
+    pairs = pd.DataFrame({"user_id": h["user_id"].to_numpy(), "item_id": h["item_id"].to_numpy(),
+                          "r": events.event_r(h["event_type"].to_numpy(), h["value"].to_numpy(),
+                                              weights)}) \
+        .groupby(["user_id", "item_id"], sort=True)["r"].sum().reset_index()
+    code = pd.Categorical(pairs["user_id"], categories=users).codes.astype(np.int64)
+    row = pairs["item_id"].map(model.row)
+    known = row.notna().to_numpy()
+    row = row.fillna(-1).to_numpy(np.int64)
+    r = pairs["r"].to_numpy(np.float64)
+
+    vectors = np.zeros((len(users), max(1, model.rank)), np.float32)
+    has = np.zeros(len(users), bool)
+    tpos = np.where(known, model.trained_pos[np.maximum(row, 0)], -1)
+    sel = (tpos >= 0) & (r > 0)
+    if sel.any() and model.rule is not None:
+        got, x = als.fold_in_many(model.trained_y, model.yty, code[sel], tpos[sel],
+                                  model.rule.c1(r[sel]), len(users), rule=model.rule)
+        vectors[got], has[got] = x, True
+    # seen: every item of the history the model can list, whatever its weight
+    kc = code[known]
+    indptr = np.zeros(len(users) + 1, np.int64)
+    np.cumsum(np.bincount(kc, minlength=len(users)), out=indptr[1:])
+    out = policy.recommend(model, vectors, has, (indptr, row[known]), k=k,
+                           slots=new_item_slots, model_source="fold_in")
+    rows = [(users[u], int(rk), model.items[it], float(sc), str(src))
+            for u, rk, it, sc, src in zip(out.user, out.rank, out.row, out.score, out.source,
+                                          strict=True)]
+    return {users[j]: vectors[j] for j in np.flatnonzero(has)}, rows
+
+
+def split_records(checked, *, ingest_id: str, known: Mapping[str, str], now: _dt.datetime,
+                  day: _dt.date):
+    """A micro-batch's checked records -> (``interactions`` rows, ``quarantine`` rows), Arrow.
+
+    Parameters
+    ----------
+    checked : pyarrow.Table
+        :func:`pipelines.batch.validate.check_events` output plus ``ingest_source``, ``raw_text``,
+        ``raw_exact``, ``topic``, ``partition``, ``offset``.
+    known : {event_id: ingest_id}
+        Ids already in ``interactions`` with the write that added them. Ids added by
+        ``ingest_id`` itself (a replayed batch) are not duplicates.
+    now : datetime
+        Processing time: the future-skew bound of records without a broker timestamp
+        (validation bounds the others by their broker time).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = checked.sort_by([("topic", "ascending"), ("partition", "ascending"),
+                         ("offset", "ascending")])
+    reason = t["reason"].to_pylist()
+    ids = t["event_id"].to_pylist()
+    latest = pa.scalar(now + _dt.timedelta(hours=EVENT_RULES.max_future_skew_hours),
+                       t.schema.field("ts").type)
+    # records without a broker time, which validation could not bound: bounded by `now`
+    too_late = pc.fill_null(pc.and_(pc.is_null(t["kafka_ts"]), pc.greater(t["ts"], latest)),
+                            False).to_pylist()
+    first_seen: set[str] = set()
+    for j, (rsn, eid) in enumerate(zip(reason, ids, strict=True)):
+        if rsn is not None:
+            continue
+        if too_late[j]:
+            reason[j] = "ts_out_of_range"
+            continue
+        if eid in first_seen:  # first arrival wins
+            reason[j] = "duplicate_event_id"
+        elif eid in known and known[eid] != ingest_id:
+            reason[j] = "duplicate_already_ingested"
+        else:
+            first_seen.add(eid)
+    reasons = pa.array(reason, pa.string())
+    good = pc.is_null(reasons)
+    n = t.num_rows
+    when = pa.array([now] * n, pa.timestamp("us", tz="UTC"))
+    days = pa.array([day] * n, pa.date32())
+    iid = pa.array([ingest_id] * n, pa.string())
+    base = {c: t[c] for c in _EVENT_FIELDS}
+    inter = pa.table({**base, "ingest_source": t["ingest_source"], "ingest_id": iid,
+                      "ingested_at": when, "dt": days}).filter(good)
+    quar = pa.table({
+        "raw": t["raw_text"], "raw_bytes": t["raw_exact"],
+        "raw_size": pc.fill_null(t["raw_size"], 0), "reason": reasons,
+        "event_id": t["event_id"], "ingest_source": t["ingest_source"], "ingest_id": iid,
+        "quarantined_at": when, "origin": pa.array(["stream"] * n, pa.string()), "dt": days,
+    }).filter(pc.invert(good))
+    return inter, quar
+
+
+def _known_ids(lakehouse: str, ids: list[str]) -> dict[str, str]:
+    import pyarrow.compute as pc
+
+    if not ids or not delta.exists(lakehouse, INTERACTIONS):
+        return {}
+    tbl = delta.arrow_dataset(lakehouse, INTERACTIONS).to_table(
+        columns=["event_id", "ingest_id"], filter=pc.field("event_id").isin(ids))
+    return dict(zip(tbl["event_id"].to_pylist(), tbl["ingest_id"].to_pylist(), strict=True))
+
+
+def user_history(lakehouse: str, users: list[str]):
+    """Every interaction of ``users`` (pandas: user_id, item_id, event_type, value)."""
+    import pyarrow.compute as pc
+
+    return delta.arrow_dataset(lakehouse, INTERACTIONS).to_table(
+        columns=["user_id", "item_id", "event_type", "value"],
+        filter=pc.field("user_id").isin(users)).to_pandas()
+
+
+def _user_indexes(lakehouse: str, users: list[str], txn: delta.Txn, now: _dt.datetime,
+                  attempts: int = 5) -> dict[str, int]:
+    """Indexes of ``users``, appending the missing ones (append-only, ids never move)."""
+    import pyarrow as pa
+
+    for attempt in range(1, attempts + 1):
+        dt = delta.ensure_table(lakehouse, USER_INDEX)
+        tbl = delta.arrow_dataset(lakehouse, USER_INDEX, dt.version()).to_table(
+            columns=["user_id", "user_idx"])
+        have = dict(zip(tbl["user_id"].to_pylist(), tbl["user_idx"].to_pylist(), strict=True))
+        new = sorted(set(users) - set(have))
+        if not new or txn.done_in(dt):
+            return have
+        start = (max(have.values()) + 1) if have else 0
+        rows = pa.table({"user_id": new, "user_idx": pa.array(range(start, start + len(new)),
+                                                                pa.int32()),
+                         "assigned_at": pa.array([now] * len(new), pa.timestamp("us", "UTC"))})
+        try:
+            delta.commit(delta.stage_arrow(rows, lakehouse, USER_INDEX), snapshot=dt,
+                         txn=txn, conflict_scope="table", retries=0,
+                         metadata={"lakerec.new_ids": len(new)})
+        except delta.DeltaConflictError:
+            if attempt == attempts:
+                raise
+            continue
+        have.update(zip(new, range(start, start + len(new)), strict=True))
+        return have
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class BatchReport:
+    batch_id: int
+    records: int = 0
+    valid: int = 0
+    quarantined: int = 0
+    users: int = 0
+    seconds: float = 0.0
+    event_lag_s: dict = field(default_factory=dict)
+    kafka_lag_s: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
+    model_version: int | None = None
+    phases: dict = field(default_factory=dict)
+
+
+@dataclass
+class StreamContext:
+    """Driver-side state of one streaming query."""
+
+    lakehouse: str
+    query: str
+    k: int = DEFAULTS.k
+    new_item_slots: int = DEFAULTS.new_item_slots
+    model_refresh_s: float = 30.0
+    metrics_file: str | None = None
+    checkpoint: str | None = None
+    failure: BaseException | None = None  # what the last failed batch raised, as raised
+    model: ServingModel | None = None
+    model_checked: float = 0.0
+    model_stamp: tuple | None = None  # (champion version, item_factors version) of ``model``
+    checker: object = None  # record_checker(), built by start_query (or the first batch)
+    reports: list = field(default_factory=list)
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+    busy: threading.Lock = field(default_factory=threading.Lock)
+
+    def serving_model(self, spark) -> ServingModel:
+        """The champion's serving model, checked every ``model_refresh_s``: reloaded (with
+        :func:`pipelines.batch.score.load_serving_model`, as ``score`` builds it) when the
+        champion changes or ``lakerec place`` placed new items."""
+        from pipelines.batch.score import load_serving_model
+        from pipelines.storage import tracking
+
+        now = time.monotonic()
+        if self.model is None or now - self.model_checked > self.model_refresh_s:
+            ref = tracking.get_alias(self.lakehouse)
+            stamp = (ref.version if ref else None,
+                     delta.latest_version(self.lakehouse, ITEM_PLACEMENTS))
+            if self.model is None or stamp != self.model_stamp:
+                if ref is None:
+                    log.warning("no champion model yet: refreshed users get popular items")
+                self.model = load_serving_model(spark, self.lakehouse, ref)
+                self.model_stamp = stamp
+            self.model_checked = now
+        return self.model
+
+
+def record_checker():
+    """Spark: a function validating a micro-batch of Kafka records (same rules as ``ingest``).
+
+    The expressions are built once per query and applied to every batch: building them
+    costs hundreds of JVM calls (0.5-1 s a batch when rebuilt each time).
+    """
+    from pyspark.sql import functions as F
+
+    from pipelines.batch import validate
+
+    lines = [
+        F.col("value").alias("raw"), F.col("topic"), F.col("partition"), F.col("offset"),
+        F.col("timestamp").alias("kafka_ts"),
+        F.concat(F.lit("kafka://"), "topic", F.lit("/"), F.col("partition").cast("string"),
+                 F.lit("/"), F.col("offset").cast("string")).alias("ingest_source")]
+    # The future-skew bound uses the record's broker time, so a replay decides the same way.
+    # Records without one (pre-0.10 message format) are bounded by split_records: a
+    # current_timestamp() here would be a new literal in the generated code every batch,
+    # and recompiling it costs a third of a second per batch.
+    max_ts = F.timestamp_add("HOUR", F.lit(EVENT_RULES.max_future_skew_hours),
+                             F.col("kafka_ts"))
+    check = validate.event_checker(max_ts=max_ts)
+    text, exact = validate.payload_columns("raw")
+    out = [*(F.col(c) for c in (*_EVENT_FIELDS, "reason", "raw_size", "ingest_source", "topic",
+                                "partition", "offset", "kafka_ts")),
+           text.alias("raw_text"), exact.alias("raw_exact")]
+    return lambda df: check(df.select(*lines)).select(*out)
+
+
+def _quantiles(values) -> dict:
+    if len(values) == 0:
+        return {}
+    q = np.percentile(np.asarray(values, dtype=np.float64), [50, 95, 100])
+    return {"p50": round(float(q[0]), 3), "p95": round(float(q[1]), 3),
+            "max": round(float(q[2]), 3)}
+
+
+def process_batch(ctx: StreamContext, df, batch_id: int) -> BatchReport:
+    """Everything one micro-batch does (see the module docstring)."""
+    import pyarrow.compute as pc
+
+    t0 = time.perf_counter()
+    lh = ctx.lakehouse
+    txn = delta.Txn.batch(app_id(ctx.query), int(batch_id))
+    ingest_id = f"stream:{ctx.query}:{batch_id}"
+    now = _dt.datetime.now(_dt.UTC)
+    rep = BatchReport(int(batch_id))
+    mark = [t0]
+
+    def lap(name):
+        now_ = time.perf_counter()
+        rep.phases[name] = round(now_ - mark[0], 3)
+        mark[0] = now_
+
+    if ctx.checker is None:
+        ctx.checker = record_checker()
+    checked = ctx.checker(df).toArrow()
+    lap("read+validate")
+    rep.records = checked.num_rows
+    if rep.records == 0:
+        return rep
+    ids = [i for i in pc.unique(checked["event_id"]).to_pylist() if i is not None]
+    inter, quar = split_records(checked, ingest_id=ingest_id, known=_known_ids(lh, ids),
+                                now=now, day=now.date())
+    rep.valid, rep.quarantined = inter.num_rows, quar.num_rows
+    lap("dedup")
+    meta = {"lakerec.ingest_id": ingest_id}
+
+    def write(spec, fn):
+        if spec is QUARANTINE and quar.num_rows == 0:
+            return None  # nothing to record; a replay finds nothing either
+        dt = delta.ensure_table(lh, spec)
+        if txn.done_in(dt):
+            rep.skipped.append(spec.name)
+            return None
+        return fn(dt)
+
+    # quarantine first, interactions second: a crash in between leaves the batch to replay
+    write(QUARANTINE, lambda dt: delta.append_arrow(lh, QUARANTINE, quar, txn=txn,
+                                                    metadata=meta, snapshot=dt))
+    write(INTERACTIONS, lambda dt: delta.append_arrow(lh, INTERACTIONS, inter, txn=txn,
+                                                      metadata=meta, snapshot=dt))
+    lap("append")
+    users = sorted(set(inter["user_id"].to_pylist()))
+    rep.users = len(users)
+    if users:
+        model = ctx.serving_model(df.sparkSession)
+        rep.model_version = model.version
+        history = user_history(lh, users)
+        lap("history")
+        vectors, rows = refresh(model, history, users, k=ctx.k,
+                                new_item_slots=ctx.new_item_slots)
+        lap("fold-in+top-k")
+        if vectors:
+            idx = _user_indexes(lh, list(vectors), txn, now)
+            uf = _user_factor_rows(vectors, idx, model.version, now)
+            write(USER_FACTORS, lambda dt: delta.replace_rows_arrow(
+                lh, USER_FACTORS, uf, on=["model_version", "user_id"], txn=txn,
+                metadata=meta, snapshot=dt))
+            lap("user_factors")
+        recs = _recommendation_rows(rows, model.version, now)
+        write(RECOMMENDATIONS, lambda dt: delta.replace_rows_arrow(
+            lh, RECOMMENDATIONS, recs, on=["user_id"], txn=txn, metadata=meta, snapshot=dt))
+        lap("recommendations")
+    done = _dt.datetime.now(_dt.UTC)
+    good = inter["ts"].to_pylist()
+    rep.event_lag_s = _quantiles([(done - t).total_seconds() for t in good if t is not None])
+    kts = checked["kafka_ts"].to_pylist()
+    rep.kafka_lag_s = _quantiles([(done - t).total_seconds() for t in kts if t is not None])
+    rep.seconds = round(time.perf_counter() - t0, 3)
+    log.info("batch %d: %d records, %d valid, %d quarantined, %d users refreshed in %.2f s; "
+             "event->commit %s; broker->commit %s%s", batch_id, rep.records, rep.valid,
+             rep.quarantined, rep.users, rep.seconds, rep.event_lag_s, rep.kafka_lag_s,
+             f"; already committed: {rep.skipped}" if rep.skipped else "")
+    log.debug("batch %d phases: %s", batch_id, rep.phases)
+    return rep
+
+
+def _user_factor_rows(vectors, idx, version, now):
+    import pyarrow as pa
+
+    users = sorted(vectors)
+    n = len(users)
+    return pa.table({
+        "user_id": users, "user_idx": pa.array([idx[u] for u in users], pa.int32()),
+        "factors": pa.array([vectors[u].tolist() for u in users], pa.list_(pa.float32())),
+        "source": ["fold_in"] * n, "updated_at": pa.array([now] * n, pa.timestamp("us", "UTC")),
+        "model_version": pa.array([version] * n, pa.int64())})
+
+
+def _recommendation_rows(rows, version, now):
+    import pyarrow as pa
+
+    n = len(rows)
+    cols = list(zip(*rows, strict=True)) if rows else [[], [], [], [], []]
+    return pa.table({
+        "user_id": pa.array(cols[0], pa.string()), "rank": pa.array(cols[1], pa.int32()),
+        "item_id": pa.array(cols[2], pa.string()), "score": pa.array(cols[3], pa.float32()),
+        "source": pa.array(cols[4], pa.string()),
+        "model_version": pa.array([version] * n, pa.int64()),
+        "generated_at": pa.array([now] * n, pa.timestamp("us", "UTC"))})
