@@ -119,7 +119,7 @@ def main() -> None:
     seen_map = {int(u): np.array([row_of[x] for x in s], np.int64)
                 for u, s in zip(seen_pd.user_idx, seen_pd.s, strict=True)}
     ids_sorted = sorted(r.id for r in uf.select("id").collect())
-    seen_csr = topk._csr([seen_map.get(u, np.zeros(0, np.int64)) for u in ids_sorted])
+    seen_csr = topk.as_csr([seen_map.get(u, np.zeros(0, np.int64)) for u in ids_sorted])
     key = topk.order_key(item_ids)
     index = topk.index_items(v, key)
     no_prune = topk.ItemIndex(index.factors, np.full(len(v), np.inf), index.key,

@@ -106,17 +106,21 @@ def place_demo(spark, lakehouse: str) -> None:
 
 
 def summary(lakehouse: str, k: int) -> None:
+    from pipelines.storage import delta
     from pipelines.storage.sql import format_rows, query
 
+    # no champion yet (the first model lost to popularity): nothing was placed
+    placed = delta.exists(lakehouse, "item_placements")
+    placements = "UNION ALL SELECT 'item_placements', count(*) FROM item_placements\n" \
+        if placed else ""
     print("\n== tables")
-    counts = query(lakehouse, """
+    counts = query(lakehouse, f"""
         SELECT 'interactions' AS "table", count(*) AS rows FROM interactions
         UNION ALL SELECT 'quarantine', count(*) FROM quarantine
         UNION ALL SELECT 'items', count(*) FROM items
         UNION ALL SELECT 'user_factors', count(*) FROM user_factors
         UNION ALL SELECT 'item_factors', count(*) FROM item_factors
-        UNION ALL SELECT 'item_placements', count(*) FROM item_placements
-        UNION ALL SELECT 'item_embeddings', count(*) FROM item_embeddings
+        {placements}        UNION ALL SELECT 'item_embeddings', count(*) FROM item_embeddings
         UNION ALL SELECT 'similar_items', count(*) FROM similar_items
         UNION ALL SELECT 'recommendations', count(*) FROM recommendations""")
     print(format_rows(*counts))
@@ -131,7 +135,8 @@ def summary(lakehouse: str, k: int) -> None:
         WHERE i.user_id = '{user}' ORDER BY i.ts DESC LIMIT 8""")))
     print(f"\n== {user}: recommendations")
     print(format_rows(*recommendations_of(lakehouse, user, k)))
-    content_summary(lakehouse)
+    if placed:
+        content_summary(lakehouse)
     return user
 
 

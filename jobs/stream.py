@@ -4,6 +4,7 @@
                    [--checkpoint PATH] [--starting-offsets earliest|latest|JSON]
                    [--max-offsets-per-trigger 20000] [--trigger-seconds 1]
                    [--available-now] [--timeout SECONDS] [--skip-lost-offsets] [--k 10]
+                   [--new-item-slots 1] [--max-restarts 5] [--group-id-for-commits G]
     spark-submit jobs/stream.py   (same arguments)
 
 Runs until SIGTERM/SIGINT (it stops after the batch in flight), --timeout, or, with

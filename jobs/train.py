@@ -57,7 +57,10 @@ def add_train_options(p, flags=TRAIN_FLAGS) -> None:
 
 def params_from(args, s, **defaults) -> ModelCard:
     """Training settings from flags > env > lakerec.toml > ``defaults`` > ModelCard()."""
-    d = ModelCard(**defaults)
+    try:
+        d = ModelCard(**defaults)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
     def get(name, cast):
         return s.get(name, flag=getattr(args, name, None), default=getattr(d, name), cast=cast)

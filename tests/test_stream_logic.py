@@ -313,6 +313,9 @@ def test_failures_are_sorted_by_type_not_by_their_text():
     assert classify(DeltaConflictError("v7")) == "fatal"
     assert classify(KafkaConfigError("bad")) == "fatal"
     assert classify(ValueError("TimeoutError in the text")) == "fatal"  # the text is not read
+    from kafka.errors import SaslAuthenticationFailedError
+
+    assert classify(SaslAuthenticationFailedError()) == "fatal"  # kafka, but not retriable
     # a failure from a Spark Python worker arrives as text: the class on its traceback's
     # last Python line is resolved to the class itself
     worker = RuntimeError(
@@ -330,6 +333,11 @@ def test_failures_are_sorted_by_type_not_by_their_text():
     outage = RuntimeError("Traceback (most recent call last):\n"
                           "kafka.errors.KafkaTimeoutError: KafkaTimeoutError: metadata")
     assert failure_of(outage, Ctx())[0] == "transient"
+    # a chain prints its cause first: the innermost error decides; a bare class line counts
+    chained = RuntimeError("Traceback (most recent call last):\nTimeoutError\n\nThe above "
+                           "exception was the direct cause of the following exception:\n\n"
+                           "Traceback (most recent call last):\nRuntimeError: read failed")
+    assert failure_of(chained, Ctx()) == ("transient", "TimeoutError")
     ctx = Ctx()
     ctx.failure = OffsetOutOfRangeError("raised in this process")
     assert failure_of(RuntimeError("wrapped by Py4J"), ctx) == \

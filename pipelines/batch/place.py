@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 from pyspark.sql import functions as F
 
-from pipelines.errors import DataError
 from pipelines.model import content
 from pipelines.model.card import DEFAULTS
 from pipelines.storage import delta, tracking
@@ -78,7 +77,8 @@ def place(spark, lakehouse: str, *, model_version: int | None = None,
             delta.done(delta.open_table(lakehouse, ITEM_PLACEMENTS), txn):
         return PlaceReport(ref.version, enc, skipped=True, reason="inputs unchanged")
     trained = delta.read(spark, lakehouse, ITEM_FACTORS, version=inputs[5],
-                         partitions={"model_version": [ref.version]}).select("item_id", "factors")
+                         partitions={"model_version": [ref.version]}) \
+        .where(F.col("source") == "als").select("item_id", "factors")
     emb = delta.read(spark, lakehouse, ITEM_EMBEDDINGS, version=inputs[3],
                      partitions={"encoder_version": [enc]}).select("item_id", "embedding")
     catalog = delta.read(spark, lakehouse, ITEMS, version=inputs[4]).select("item_id")
@@ -86,8 +86,10 @@ def place(spark, lakehouse: str, *, model_version: int | None = None,
     cold = emb.join(catalog, "item_id", "left_semi").join(trained, "item_id", "left_anti") \
         .orderBy("item_id").collect()
     if len(fit_rows) < 2:
-        raise DataError(f"model v{ref.version}: only {len(fit_rows)} trained items have an "
-                        f"embedding of encoder v{enc}; run `lakerec embed` first")
+        why = (f"only {len(fit_rows)} trained items of model v{ref.version} have an embedding "
+               f"of encoder v{enc} (run `lakerec embed`)")
+        log.warning("content placement: %s; nothing placed", why)
+        return PlaceReport(ref.version, enc, skipped=True, reason=why)
     w = content.fit_ridge(_matrix(fit_rows, "embedding"), _matrix(fit_rows, "factors"), reg=reg)
     mapped = content.map_factors(_matrix(cold, "embedding"), w) if cold else \
         np.zeros((0, w.shape[1]), np.float32)

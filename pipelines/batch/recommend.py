@@ -148,11 +148,24 @@ def gpu_kernel(index, device):
     """
     import torch
 
+    from pipelines.model.topk import as_csr
+
     v_dev = torch.as_tensor(index.factors[index.position], device=device)
     key = index.key[index.position]
+    # users per GPU call: a block's dense scores stay within 2^28 floats (1 GiB)
+    step = max(1, min(65536, (1 << 28) // max(1, len(key))))
 
     def run(users, _index, seen, k):
-        return topk_block_torch(users, v_dev, seen, k, key, device=device)
+        indptr, indices = as_csr(seen)
+        parts = []
+        for s0 in range(0, len(users), step):
+            s1 = min(len(users), s0 + step)
+            sub = (indptr[s0:s1 + 1] - indptr[s0], indices[indptr[s0]:indptr[s1]])
+            parts.append(topk_block_torch(users[s0:s1], v_dev, sub, k, key, device=device))
+        if not parts:
+            return (np.zeros((0, k), np.int64), np.zeros((0, k), np.float32),
+                    np.zeros(0, np.int64))
+        return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
 
     return run
 

@@ -57,13 +57,16 @@ class ScoreReport:
     version: int | None = None
 
 
-def _arrow_rows(lakehouse: str, spec, columns: list[str], model_version: int):
+def _arrow_rows(lakehouse: str, spec, columns: list[str], model_version: int, *,
+                version: int | None = None, trained_only: bool = False):
     import pyarrow.compute as pc
 
     if not delta.exists(lakehouse, spec):
         return None
-    return delta.arrow_dataset(lakehouse, spec).to_table(
-        columns=columns, filter=pc.field("model_version") == model_version)
+    flt = pc.field("model_version") == model_version
+    if trained_only:  # lakehouses of before `place` also hold placed rows (source = content)
+        flt = flt & (pc.field("source") == "als")
+    return delta.arrow_dataset(lakehouse, spec, version).to_table(columns=columns, filter=flt)
 
 
 def popularity_counts(spark, lakehouse: str, window: policy.PopularityWindow, *,
@@ -91,11 +94,13 @@ def popularity_counts(spark, lakehouse: str, window: policy.PopularityWindow, *,
 
 
 def load_serving_model(spark, lakehouse: str, ref, *, popularity_days: int | None = None,
-                       interactions_version: int | None = None) -> ServingModel:
+                       interactions_version: int | None = None,
+                       versions: dict | None = None) -> ServingModel:
     """The serving model of registered version ``ref`` (``None``: popularity only).
 
     Trained factors from ``item_factors``, placed ones from ``item_placements``, popularity
-    over :func:`pipelines.serving.policy.popularity_window`. ``score`` and the stream both
+    over :func:`pipelines.serving.policy.popularity_window`; ``versions`` pins the table
+    versions read (``{table: version}``, latest otherwise). ``score`` and the stream both
     build theirs here. Cost: the model's factor rows (item-sized) read with Arrow on the
     driver, and one Spark aggregation for popularity.
     """
@@ -107,8 +112,10 @@ def load_serving_model(spark, lakehouse: str, ref, *, popularity_days: int | Non
     if ref is not None:
         card = ModelCard.from_params(ref.params)
         rule = trainers.get(card.trainer).fold_in_rule(card)
+        versions = versions or {}
         tbl = _arrow_rows(lakehouse, ITEM_FACTORS, ["item_idx", "item_id", "factors"],
-                          ref.version)
+                          ref.version, version=versions.get(ITEM_FACTORS.name),
+                          trained_only=True)
         if tbl is None or tbl.num_rows == 0:
             log.warning("model v%d has no item factors: serving popular items only",
                         ref.version)
@@ -116,12 +123,13 @@ def load_serving_model(spark, lakehouse: str, ref, *, popularity_days: int | Non
             tbl = tbl.sort_by("item_idx")
             trained_ids = tbl["item_id"].to_pylist()
             trained_y = _matrix(tbl["factors"])
-        placed = _arrow_rows(lakehouse, ITEM_PLACEMENTS, ["item_id", "factors"], ref.version)
+        placed = _arrow_rows(lakehouse, ITEM_PLACEMENTS, ["item_id", "factors"], ref.version,
+                             version=versions.get(ITEM_PLACEMENTS.name))
         if placed is not None and placed.num_rows and len(trained_ids):
             placed_ids = placed["item_id"].to_pylist()
             placed_y = _matrix(placed["factors"])
     latest = None
-    if card is None and delta.exists(lakehouse, INTERACTIONS):
+    if (card is None or card.end is None) and delta.exists(lakehouse, INTERACTIONS):
         latest = delta.read(spark, lakehouse, INTERACTIONS, version=interactions_version) \
             .agg(F.max("ts")).first()[0]
     window = policy.popularity_window(card, latest=latest, days=popularity_days)
@@ -170,10 +178,13 @@ def lists(spark, users: DataFrame, model: ServingModel, *, k: int, slots: int,
         for batch in batches:
             n = batch.num_rows
             fac = batch.column("factors")
-            has = pc.is_valid(fac).to_numpy(zero_copy_only=False)
+            has = pc.is_valid(fac).to_numpy(zero_copy_only=False) & (m.index is not None)
             vec = np.zeros((n, width), np.float32)
             if has.any():
                 vec[has] = _matrix(fac.filter(pa.array(has)))
+                # an all-zero vector (written for users without a known item before the
+                # fold-in dropped them) is no vector: such users get the popular list
+                has &= vec.any(axis=1)
             seen = batch.column("seen")
             lens = pc.fill_null(pc.list_value_length(seen), 0).to_numpy()
             indptr = np.zeros(n + 1, np.int64)
@@ -226,7 +237,7 @@ def score(spark, lakehouse: str, *, k: int = DEFAULTS.k, model_version: int | No
         return ScoreReport(version, skipped=True)
 
     model = load_serving_model(spark, lakehouse, ref, popularity_days=popularity_days,
-                               interactions_version=inputs["interactions"])
+                               interactions_version=inputs["interactions"], versions=inputs)
     interactions = delta.read(spark, lakehouse, INTERACTIONS, version=inputs["interactions"])
     pairs = interactions.select("user_id", "item_id").distinct()
     seen = (pairs.join(F.broadcast(universe_rows(spark, model)), "item_id")

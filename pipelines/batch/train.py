@@ -188,8 +188,10 @@ def train(spark, lakehouse: str, params: ModelCard, *,
                             f"{c_card.cutoff.isoformat()}, past this holdout: no fair "
                             "comparison")
             else:
+                # the trained rows only: lakehouses of before `place` hold placed ones too
                 cy, cidx, cids = item_matrix(delta.read(
-                    spark, lakehouse, ITEM_FACTORS, partitions={"model_version": [champ.version]}))
+                    spark, lakehouse, ITEM_FACTORS, partitions={"model_version": [champ.version]})
+                    .where(F.col("source") == "als"))
                 champ_scores = evaluate.evaluate(
                     spark, y=cy, item_idx=cidx, item_ids=cids, train_hist=train_hist,
                     relevant=relevant, rule=trainers.get(c_card.trainer).fold_in_rule(c_card),

@@ -72,14 +72,15 @@ def fold_in_many(item_factors: np.ndarray, yty: np.ndarray, codes: np.ndarray,
     rule : FoldInRule
         Gives ``lambda_u`` from the user's number of entries.
     budget : int
-        Most float64 elements of one ``(users, items, rank)`` block.
+        Most float64 elements of one group's ``(users, items, rank)`` block plus its
+        ``(users, rank, rank)`` systems.
 
     Returns
     -------
     users : (m,) codes of the users with at least one entry
     x : (m, k) float32, their solutions
 
-    Cost: ``O(nnz k^2 + m k^3)`` flops, memory ``O(budget)``. Users are grouped by their
+    Cost: ``O(nnz k^2 + m k^3)`` flops, memory a small multiple of ``budget`` float64s. Users are grouped by their
     exact number of entries, and each group is one batched matmul and one batched solve: no
     padding, so a user's vector is the same bits whoever shares the call (the stream, which
     solves a micro-batch's users, and ``score``'s vectors, solved at training, agree
@@ -106,7 +107,8 @@ def fold_in_many(item_factors: np.ndarray, yty: np.ndarray, codes: np.ndarray,
     while s < order.size:
         width = int(sorted_lens[s])
         e = int(np.searchsorted(sorted_lens, width, side="right"))  # the group of this length
-        e = min(e, s + max(1, budget // max(1, width * k)))
+        # the (B, L, k) block and the (B, k, k) systems both count against the budget
+        e = min(e, s + max(1, budget // max(1, width * k + k * k)))
         sel = order[s:e]
         u = users[sel]
         src = bounds[u][:, None] + np.arange(width)[None, :]  # (B, L): every entry, no padding

@@ -21,11 +21,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from schemas.events import check_weights, default_weights
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,17 @@ DEFAULTS = Defaults()
 
 def _weights() -> dict[str, float]:
     return default_weights()
+
+
+def _known_weights(logged: Mapping[str, object]) -> dict[str, float]:
+    """A logged run's weights, less what the event table no longer accepts (older runs could
+    log any name): those types weighed nothing the model learned from but its own value."""
+    known = default_weights()
+    kept = {k: float(v) for k, v in logged.items() if k in known}
+    dropped = sorted(set(logged) - set(kept))
+    if dropped:
+        log.warning("model card: ignoring weights of %s (not weighted event types)", dropped)
+    return kept
 
 
 @dataclass(frozen=True)
@@ -108,7 +122,7 @@ class ModelCard:
                 continue
             text = params[f.name]
             if f.name == "weights":
-                kw[f.name] = {k: float(v) for k, v in json.loads(text).items()}
+                kw[f.name] = _known_weights(json.loads(text))
             elif f.name == "as_of":
                 kw[f.name] = _dt.date.fromisoformat(text)
             elif f.name in ("start", "cutoff", "end"):

@@ -41,7 +41,7 @@ def order_key(item_ids) -> np.ndarray:
     return key
 
 
-def _csr(seen) -> tuple[np.ndarray, np.ndarray]:
+def as_csr(seen) -> tuple[np.ndarray, np.ndarray]:
     """A list of index arrays -> (indptr, indices); a (indptr, indices) pair passes through."""
     if isinstance(seen, tuple):
         return seen
@@ -120,7 +120,7 @@ def topk_block(users: np.ndarray, items, seen, k: int, key: np.ndarray | None = 
     index = items if isinstance(items, ItemIndex) else index_items(items, key)
     users = np.ascontiguousarray(users, dtype=np.float32)
     b = users.shape[0]
-    indptr, indices = _csr(seen)
+    indptr, indices = as_csr(seen)
     indptr = np.ascontiguousarray(indptr, dtype=np.int64)
     cols = index.position[indices] if indices.size else np.zeros(0, np.int64)
     best_s = np.full((b, k), -np.inf, dtype=np.float32)
@@ -149,7 +149,7 @@ def topk_block_torch(users: np.ndarray, items, seen, k: int, key: np.ndarray, *,
     device = device or items.device
     b, n = users.shape[0], items.shape[0]
     kk = min(k, n)
-    indptr, indices = _csr(seen)
+    indptr, indices = as_csr(seen)
     u = torch.as_tensor(np.ascontiguousarray(users, dtype=np.float32), device=device)
     prev = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False  # same precision as the CPU kernel

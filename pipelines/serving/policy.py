@@ -171,6 +171,9 @@ def recommend(model: ServingModel, vectors: np.ndarray, has_vec: np.ndarray,
             main = [(int(model.factor_rows[idx[j, q]]), float(score[j, q]),
                      "content" if model.placed[idx[j, q]] else model_source)
                     for q in range(int(count[j]))]
+            # in the order of the scores written (the kernel's float32 ones may differ in
+            # the last bit), ties by item id
+            main.sort(key=lambda e: (-e[1], e[0]))
             if n_slots:
                 head = main[:k - n_slots]
                 taken = {r for r, _, _ in head}

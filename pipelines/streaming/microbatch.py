@@ -252,7 +252,7 @@ class StreamContext:
     failure: BaseException | None = None  # what the last failed batch raised, as raised
     model: ServingModel | None = None
     model_checked: float = 0.0
-    model_stamp: tuple | None = None  # (champion version, item_factors version) of ``model``
+    model_stamp: tuple | None = None  # (champion version, item_placements version) of ``model``
     checker: object = None  # record_checker(), built by start_query (or the first batch)
     reports: list = field(default_factory=list)
     stop_requested: threading.Event = field(default_factory=threading.Event)

@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import time
 from dataclasses import dataclass
 
@@ -35,7 +36,9 @@ from pipelines.model.card import DEFAULTS
 
 log = logging.getLogger("lakerec.stream")
 
-_EXC_LINE = re.compile(r"(?m)^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*): ")
+# a traceback's exception line: "module.Class: message", or the bare class of one raised
+# without a message
+_EXC_LINE = re.compile(r"(?m)^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(?::[ \t]|[ \t]*$)")
 
 
 @dataclass(frozen=True)
@@ -72,33 +75,42 @@ class StreamConfig:
 
 
 def _resolve(name: str) -> type | None:
-    """The exception class a traceback line names (``kafka.errors.KafkaTimeoutError``)."""
+    """The exception class a traceback line names (``kafka.errors.KafkaTimeoutError``).
+
+    Only modules already imported are looked in (nothing is imported on a traceback's say):
+    builtins, kafka-python's errors and lakerec's own modules, which the query imports.
+    """
     mod, _, cls = name.rpartition(".")
-    try:
-        obj = getattr(importlib.import_module(mod) if mod else builtins, cls, None)
-    except Exception:  # noqa: BLE001 - a Java class name, or a module not importable here
-        return None
+    where = sys.modules.get(mod) if mod else builtins
+    obj = getattr(where, cls, None) if where is not None else None
     return obj if isinstance(obj, type) and issubclass(obj, BaseException) else None
 
 
 def remote_error(exc: BaseException) -> tuple[type, str] | None:
     """The innermost Python exception named in ``exc``'s text (a failure that crossed the
-    JVM from a Python worker): its class and its message line."""
-    found = None
-    for m in _EXC_LINE.finditer(str(exc)):
+    JVM from a Python worker): its class and its message line.
+
+    Python prints a chain's cause first ("The above exception was the direct cause of the
+    following exception"), so the first exception line that names a Python exception class
+    is the innermost; Java class names do not resolve and are passed over.
+    """
+    importlib.import_module("kafka.errors")  # the classes a broker outage names
+    text = str(exc)
+    for m in _EXC_LINE.finditer(text):
         cls = _resolve(m.group(1))
         if cls is not None:
-            line = str(exc)[m.start():].splitlines()[0]
-            found = (cls, line)
-    return found
+            return cls, text[m.start():].splitlines()[0]
+    return None
 
 
 def classify(exc: BaseException, cls: type | None = None) -> str:
     """``transient`` (restart from the checkpoint) or ``fatal``.
 
     Transient: :class:`~pipelines.errors.TransientError`, timeouts and refused connections,
-    and kafka-python's errors (a broker outage surfaces as any of them). Every other lakerec
-    error is fatal: lost offsets, a refused checkpoint, a bad config, a commit conflict.
+    and the kafka-python errors it marks ``retriable`` (timeouts, lost connections, nodes not
+    ready: how a broker outage surfaces). Fatal: every other lakerec error (lost offsets, a
+    refused checkpoint, a bad config, a commit conflict) and Kafka's non-retriable errors
+    (authentication, authorisation, configuration).
     """
     cls = cls or type(exc)
     if issubclass(cls, TransientError | TimeoutError | ConnectionError):
@@ -109,7 +121,8 @@ def classify(exc: BaseException, cls: type | None = None) -> str:
         from kafka.errors import KafkaError
     except ImportError:  # pragma: no cover - kafka-python is a dependency
         return "fatal"
-    return "transient" if issubclass(cls, KafkaError) else "fatal"
+    return "transient" if issubclass(cls, KafkaError) and getattr(cls, "retriable", False) \
+        else "fatal"
 
 
 def failure_of(exc: BaseException, ctx) -> tuple[str, str]:
@@ -125,7 +138,7 @@ def failure_of(exc: BaseException, ctx) -> tuple[str, str]:
     if remote is not None:
         return classify(exc, remote[0]), remote[1]
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return "fatal", text
+    return classify(exc), text
 
 
 def run(spark, cfg: StreamConfig) -> int:
