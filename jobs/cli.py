@@ -18,6 +18,8 @@ COMMANDS = {
     "produce": ("jobs.produce", "send events (replayed logs or synthetic feedback) to Kafka"),
     "sql": ("jobs.sql", "analyst SQL over the tables (DuckDB), with time travel"),
     "check": ("jobs.check", "quality gate: the recommendations' invariants"),
+    "doctor": ("jobs.doctor", "check every table's log and files; how to recover"),
+    "restore": ("jobs.restore", "restore a table to an earlier version"),
     "package": ("jobs.package", "build the --py-files and --archives a cluster needs"),
     "demo": ("jobs.demo", "the whole loop end to end on the embedded defaults"),
 }

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from pipelines.dev.generate import SyntheticSpec
 from pipelines.runtime import cli
-from pipelines.runtime.config import fraction, parse_date, positive_int
+from pipelines.runtime.config import date_value, fraction, integer, positive_int
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ def spec_from(args, s, *, dirty_default: float = 0.0) -> SyntheticSpec:
     try:
         return SyntheticSpec(
             **ints,
-            start=s.get("start", flag=args.start, default=d.start, cast=_date),
-            seed=s.get("seed", flag=args.seed, default=d.seed, cast=int),
+            start=s.get("start", flag=args.start, default=d.start, cast=date_value),
+            seed=s.get("seed", flag=args.seed, default=d.seed, cast=integer),
             dirty_fraction=s.get("dirty_fraction", flag=args.dirty_fraction,
                                  default=dirty_default, cast=fraction),
         )
@@ -62,10 +62,6 @@ def parse(argv: list[str] | None) -> GenerateConfig:
     spec = spec_from(args, s)
     out = s.check_writable(s.get("out", flag=args.out, default=s.path("landing")), "--out")
     return GenerateConfig(out=out, spec=spec, force=args.force, log_level=args.log_level)
-
-
-def _date(v):
-    return v if not isinstance(v, str) else parse_date(v)
 
 
 def body(spark, cfg: GenerateConfig) -> int:

@@ -39,8 +39,8 @@ def parse(argv: list[str] | None) -> IngestConfig:
     p.add_argument("--catalog", help="catalog folder (default <lakehouse>/landing/items)")
     p.add_argument("--no-catalog", action="store_true", help="do not load the catalog")
     args, s = cli.parse_args(p, argv, section="ingest")
-    source = os.path.abspath(s.get("source", flag=args.source,
-                                   default=s.path("landing", "events")))
+    source = s.check_no_escape(s.get("source", flag=args.source,
+                                     default=s.path("landing", "events")), "--source")
     if args.all:
         dates = tuple(landing.list_dates(source))
         if not dates:
@@ -55,7 +55,7 @@ def parse(argv: list[str] | None) -> IngestConfig:
         catalog = s.get("catalog", flag=args.catalog, default=s.path("landing", "items"))
         if args.catalog and not os.path.isdir(catalog):
             raise UsageError(f"no catalog folder {catalog}")
-        catalog = catalog if os.path.isdir(catalog) else None
+        catalog = s.check_no_escape(catalog, "--catalog") if os.path.isdir(catalog) else None
     s.check_writable(s.lakehouse, "--lakehouse")
     return IngestConfig(s.lakehouse, dates, source, catalog, args.log_level)
 

@@ -29,7 +29,9 @@ def parse(argv: list[str] | None) -> PackageConfig:
     p.add_argument("--no-env", action="store_true", help="only the --py-files zip")
     p.add_argument("--log-level")
     a = p.parse_args(argv)
-    return PackageConfig(os.path.abspath(a.out), not a.no_env, a.log_level)
+    from pipelines.runtime.config import refuse_system_folder
+
+    return PackageConfig(refuse_system_folder(a.out, "--out"), not a.no_env, a.log_level)
 
 
 def body(_spark, cfg: PackageConfig) -> int:

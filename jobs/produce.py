@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from pipelines.runtime import cli
-from pipelines.runtime.config import UsageError, positive_int
+from pipelines.runtime.config import UsageError, positive_float, positive_int
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def parse(argv: list[str] | None) -> ProduceConfig:
     p.add_argument("--count", type=positive_int, default=5, help="items per user (--new-cluster)")
     p.add_argument("--event-type", default="purchase",
                    choices=("view", "click", "add_to_cart", "purchase"))
-    p.add_argument("--rate", type=float, help="records per second (default: as fast as possible)")
+    p.add_argument("--rate", type=positive_float, help="records per second (default: as fast as possible)")
     p.add_argument("--limit", type=positive_int, help="stop after this many records")
     p.add_argument("--batching", action="store_true",
                    help="let the producer batch records (fine for Apache Kafka; the bundled "

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from pipelines.runtime import cli
-from pipelines.runtime.config import UsageError
+from pipelines.runtime.config import UsageError, positive_int
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ def parse(argv: list[str] | None) -> SqlConfig:
     p.add_argument("--as-of", action="append", default=[], metavar="TABLE=VERSION",
                    help="read TABLE at VERSION (repeatable)")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
-    p.add_argument("--max-rows", type=int, default=None,
+    p.add_argument("--max-rows", type=positive_int, default=None,
                    help="print at most this many rows (table format default 1000)")
     args, s = cli.parse_args(p, argv, section="sql")
     as_of = {}

@@ -23,7 +23,13 @@ import sys
 
 from pipelines.model.card import DEFAULTS
 from pipelines.runtime import cli
-from pipelines.runtime.config import UsageError, positive_int
+from pipelines.runtime.config import (
+    UsageError,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+)
 from pipelines.streaming.supervisor import StreamConfig
 
 _KAFKA_FLAGS = {  # flag -> source option
@@ -86,19 +92,19 @@ def parse(argv: list[str] | None) -> StreamConfig:
                                               "only for a new checkpoint")
     p.add_argument("--max-offsets-per-trigger", type=positive_int,
                    help="cap on records per micro-batch (default 20000)")
-    p.add_argument("--trigger-seconds", type=float, help="micro-batch interval (default 1)")
+    p.add_argument("--trigger-seconds", help="micro-batch interval (default 1)")
     p.add_argument("--available-now", action="store_true",
                    help="process everything up to now, then stop")
-    p.add_argument("--timeout", type=float, help="stop (cleanly) after this many seconds")
+    p.add_argument("--timeout", type=positive_float, help="stop (cleanly) after this many seconds")
     p.add_argument("--skip-lost-offsets", action="store_true",
                    help="skip ahead, with a warning, when the broker no longer holds the "
                         "checkpointed offsets (default: fail)")
     p.add_argument("--group-id-for-commits", help="also commit offsets to this consumer "
                                                   "group after each batch (lag dashboards)")
     p.add_argument("--k", type=positive_int, help="recommendations per user (default 10)")
-    p.add_argument("--new-item-slots", type=int,
+    p.add_argument("--new-item-slots",
                    help="places per list reserved for items placed by their text (1; 0 = none)")
-    p.add_argument("--max-restarts", type=int, default=None,
+    p.add_argument("--max-restarts", default=None,
                    help="restarts after a transient failure such as a broker outage "
                         "(default 5)")
     args, s = cli.parse_args(p, argv, section="stream")
@@ -109,11 +115,8 @@ def parse(argv: list[str] | None) -> StreamConfig:
     checkpoint = s.check_writable(
         s.get("checkpoint", flag=args.checkpoint, default=s.path("_checkpoints", query)),
         "--checkpoint")
-    trigger = float(s.get("trigger_seconds", flag=args.trigger_seconds, default=1.0))
-    if trigger < 0:
-        raise UsageError("--trigger-seconds must be >= 0")
-    if args.timeout is not None and args.timeout <= 0:
-        raise UsageError("--timeout must be positive")
+    trigger = s.get("trigger_seconds", flag=args.trigger_seconds, default=1.0,
+                    cast=nonneg_float)
     cfg = StreamConfig(
         s.lakehouse, bootstrap, topic, kafka, query, checkpoint,
         str(s.get("starting_offsets", flag=args.starting_offsets, default="earliest")),
@@ -122,10 +125,10 @@ def parse(argv: list[str] | None) -> StreamConfig:
         trigger, args.available_now, args.timeout, args.skip_lost_offsets,
         args.group_id_for_commits,
         s.get("k", flag=args.k, default=DEFAULTS.k, cast=positive_int),
-        int(s.get("max_restarts", flag=args.max_restarts, default=5)), args.log_level,
-        int(s.get("new_item_slots", flag=args.new_item_slots, default=DEFAULTS.new_item_slots)))
-    if cfg.new_item_slots < 0:
-        raise UsageError("--new-item-slots must be >= 0")
+        s.get("max_restarts", flag=args.max_restarts, default=5, cast=nonneg_int),
+        args.log_level,
+        s.get("new_item_slots", flag=args.new_item_slots, default=DEFAULTS.new_item_slots,
+              cast=nonneg_int))
     try:
         SourceOptions.parse(cfg.source_options())
     except KafkaConfigError as e:

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 
 from pipelines.model.card import ModelCard
 from pipelines.runtime import cli
-from pipelines.runtime.config import UsageError, parse_date, positive_int
+from pipelines.runtime.config import (
+    UsageError,
+    date_value,
+    integer,
+    nonneg_float,
+    number,
+    positive_int,
+)
 
 
 @dataclass(frozen=True)
@@ -28,22 +35,16 @@ class TrainConfig:
 
 
 def parse_weights(text) -> dict[str, float]:
+    """``view=1,click=2`` (a flag or env) or a toml table ``{view = 1, click = 2}``."""
     if isinstance(text, dict):
-        return {str(k): float(v) for k, v in text.items()}
+        return {str(k): number(v) for k, v in text.items()}
     out = {}
     for part in str(text).split(","):
         name, sep, value = part.partition("=")
         if not sep:
             raise ValueError(part)
-        out[name.strip()] = float(value)
+        out[name.strip()] = number(value)
     return out
-
-
-def _nonneg(v) -> float:
-    f = float(v)
-    if f < 0:
-        raise ValueError(v)
-    return f
 
 
 TRAIN_FLAGS = ("as-of", "window-days", "holdout-days", "rank", "alpha", "reg", "max-iter",
@@ -66,11 +67,11 @@ def params_from(args, s, **defaults) -> ModelCard:
         return s.get(name, flag=getattr(args, name, None), default=getattr(d, name), cast=cast)
 
     values = dict(
-        rank=get("rank", positive_int), alpha=get("alpha", _nonneg), reg=get("reg", _nonneg),
-        max_iter=get("max_iter", positive_int), seed=get("seed", int),
+        rank=get("rank", positive_int), alpha=get("alpha", nonneg_float), reg=get("reg", nonneg_float),
+        max_iter=get("max_iter", positive_int), seed=get("seed", integer),
         window_days=get("window_days", positive_int),
         holdout_days=get("holdout_days", positive_int), k=get("k", positive_int),
-        as_of=get("as_of", lambda v: v if not isinstance(v, str) else parse_date(v)),
+        as_of=get("as_of", date_value),
         weights=get("weights", parse_weights),
     )
     if values["holdout_days"] >= values["window_days"]:

@@ -60,3 +60,43 @@ def exit_code(exc: BaseException) -> int:
     if isinstance(exc, ConflictError):
         return EXIT_CONFLICT
     return EXIT_FAILED
+
+
+_ERROR_CLASS = r"\[([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)\]"
+
+
+def spark_cause(exc: BaseException, limit: int = 400) -> str:
+    """One line saying what went wrong in a failed Spark job, the file it names included.
+
+    A JVM failure arrives as a Python exception whose text holds the whole Java chain
+    ("An error occurred while calling o1109.parquet", then the stage failure, then each
+    cause). The most specific line is the innermost one that carries a Spark error class
+    (``[FAILED_READ_FILE.PARQUET_COLUMN_DATA_TYPE_MISMATCH] Error while reading file ...``),
+    else the innermost ``Caused by:``, else the first line of the text.
+
+    >>> spark_cause(RuntimeError("An error occurred while calling o9.parquet.\\n: x.SparkException:"
+    ...     " Job aborted: y.SparkException: [FAILED_READ_FILE.NO_HINT] Error while reading"
+    ...     " file file:///d/a.parquet.\\n\\tat z\\nCaused by: java.io.EOFException: end"))
+    '[FAILED_READ_FILE.NO_HINT] Error while reading file file:///d/a.parquet. (java.io.EOFException: end)'
+    """
+    import re
+
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines()]
+    classed = [ln[m.start():] for ln in lines if (m := _last_match(_ERROR_CLASS, ln))]
+    causes = [ln[len("Caused by: "):] for ln in lines if ln.startswith("Caused by: ")]
+    head = classed[-1] if classed else None
+    root = causes[-1] if causes else None
+    if head and root and root not in head:
+        out = f"{head} ({root})"
+    else:
+        out = head or root or next((ln for ln in lines if ln), type(exc).__name__)
+    out = re.sub(r"\s+", " ", out)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def _last_match(pattern: str, line: str):
+    import re
+
+    found = list(re.finditer(pattern, line))
+    return found[-1] if found else None

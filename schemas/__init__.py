@@ -35,6 +35,7 @@ __all__ = [
     "TableSpec",
     "catalog_json_schema",
     "event_json_schema",
+    "field_kinds",
 ]
 
 
@@ -48,6 +49,25 @@ def event_json_schema() -> dict:
 def catalog_json_schema() -> dict:
     """The catalog item JSON Schema as a dict."""
     return json.loads(resources.files("schemas").joinpath("catalog.schema.json").read_text())
+
+
+def field_kinds(json_schema: dict) -> dict[str, frozenset[str]]:
+    """Each property's JSON kinds (``string``, ``number``, ``null``; ``date-time`` for a
+    string of that format), from ``type`` or the alternatives of ``oneOf``/``anyOf``.
+
+    >>> field_kinds(event_json_schema())["ts"] == {"date-time", "number"}
+    True
+    """
+    out = {}
+    for name, prop in json_schema["properties"].items():
+        kinds: set[str] = set()
+        for alt in prop.get("oneOf", prop.get("anyOf", [prop])):
+            types = alt.get("type", [])
+            for t in [types] if isinstance(types, str) else types:
+                kinds.add("date-time" if t == "string" and alt.get("format") == "date-time"
+                          else t)
+        out[name] = frozenset(kinds)
+    return out
 
 
 @dataclass(frozen=True)

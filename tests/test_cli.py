@@ -80,3 +80,97 @@ def test_sql_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     r = lakerec("sql", "--lakehouse", str(tmp_path), "selec 1")
     assert r.returncode == 2 and "syntax error" in r.stderr
+
+
+# The hostile operator's findings: each was a traceback (exit 1) or silently accepted.
+@pytest.mark.parametrize("env, toml, args, message", [
+    ({"LAKEREC_TRIGGER_SECONDS": "abc"}, "", ["stream", "--bootstrap", "127.0.0.1:1"],
+     "bad value for trigger_seconds"),
+    ({"LAKEREC_MAX_RESTARTS": "abc"}, "", ["stream", "--bootstrap", "127.0.0.1:1"],
+     "bad value for max_restarts"),
+    ({"LAKEREC_SPARK_CONF": "garbage"}, "", ["score"], "LAKEREC_SPARK_CONF entry 'garbage'"),
+    ({"LAKEREC_DRIVER_MEMORY": "lots"}, "", ["score"], "LAKEREC_DRIVER_MEMORY='lots'"),
+    ({}, "allowed_roots = 5\n", ["score"], "allowed_roots must be a list"),
+    ({}, "lakehouse = 5\n", ["score"], "lakehouse must be a string"),
+    ({}, 'allowed_roots = ["/"]\n', ["score"], "may not include /"),
+    ({}, 'allowed_roots = ["/etc"]\n', ["score"], "may not include /etc"),
+    ({}, 'allowed_roots = ["/usr/local/bin"]\n', ["score"], "may not include /usr/local/bin"),
+    ({}, "[score]\nk = 1" + "0" * 400 + "\n", ["score"], "bad value for k"),
+    ({}, "[train]\nalpha = 1" + "0" * 400 + "\n", ["train"], "bad value for alpha"),
+    ({}, "[generate]\nstart = 5\n", ["generate"], "bad value for start"),
+    ({}, 'allowed_roots = ["/no/such/folder"]\n', ["score"], "not an existing folder"),
+    ({}, "k = 10.9\n", ["score"], "bad value for k: 10.9"),
+    ({}, "k = true\n", ["score"], "bad value for k: True"),
+    ({}, "[score]\nk = 10.0\n", ["score"], "bad value for k: 10.0"),
+    ({}, "bogus = 1\n", ["score"], "unknown key 'bogus'"),
+    ({}, "[train]\nranks = 8\n", ["score"], "unknown key 'ranks' in [train]"),
+    ({}, "", ["sql", "--max-rows", "-5", "select 1"], "--max-rows"),
+    ({}, "", ["train", "--alpha", "nan"], "alpha"),
+    ({}, "", ["train", "--reg", "inf"], "reg"),
+    ({}, "", ["train", "--weights", "bogus=-3"], "unknown or value-weighted event type"),
+    ({}, "", ["train", "--weights", "view=-3"], "must be a finite number >= 0"),
+    ({}, "", ["stream", "--bootstrap", "127.0.0.1:1", "--trigger-seconds", "nan"],
+     "bad value for trigger_seconds"),
+    ({}, "", ["produce", "--rate", "nan", "--from-logs", "x"], "--rate"),
+])
+def test_settings_are_validated_before_anything_starts(landed, tmp_path, env, toml, args,
+                                                       message):
+    cfg = tmp_path / "lakerec.toml"
+    cfg.write_text(toml)
+    before = snapshot(landed)
+    r = lakerec(*args, "--lakehouse", str(landed),
+                env=job_env(LAKEREC_CONFIG=str(cfg), **env))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert snapshot(landed) == before
+
+
+def test_every_setting_a_job_reads_is_declared(landed, tmp_path, monkeypatch):
+    """Settings.get refuses an undeclared name; every job's parse reads only declared ones."""
+    import importlib
+
+    from pipelines.runtime.config import CONFIG_KEYS, Settings
+
+    s = Settings.resolve(flags={}, env={}, toml={}, section="train")
+    with pytest.raises(AssertionError, match="not declared"):
+        s.get("no_such_setting", flag=None, default=None)
+    monkeypatch.chdir(tmp_path)
+    for k in [k for k in os.environ if k.startswith("LAKEREC_")]:
+        monkeypatch.delenv(k)
+    lh = ["--lakehouse", str(landed)]
+    for job, argv in {"check": [], "score": [], "place": [], "train": [], "embed": [],
+                      "ingest": ["--all"], "sql": ["select 1"], "generate": [],
+                      "stream": ["--bootstrap", "127.0.0.1:1"], "demo": []}.items():
+        assert job in CONFIG_KEYS
+        importlib.import_module(f"jobs.{job}").parse([*argv, *lh])
+
+
+def test_symlinks_leading_out_of_the_lakehouse_are_refused(tmp_path):
+    from pipelines.errors import UsageError
+    from pipelines.storage import delta
+    from schemas.tables import ITEMS
+
+    lh, outside = tmp_path / "lh", tmp_path / "outside"
+    (outside / "events" / "dt=2024-05-01").mkdir(parents=True)
+    (outside / "events" / "dt=2024-05-01" / "a.jsonl").write_text('{"event_id":"e1"}\n')
+    (lh / "landing").mkdir(parents=True)
+    (lh / "landing" / "events").symlink_to(outside / "events")
+    before = snapshot(outside / "events")
+    r = lakerec("ingest", "--all", "--lakehouse", str(lh))
+    assert r.returncode == 2 and "is a symlink to" in r.stderr, r.stderr
+    # the same folder named directly is the user's choice: allowed for reading
+    from pipelines.runtime.config import Settings
+
+    s = Settings.resolve(flags={"lakehouse": str(lh)}, env={}, toml={}, section="ingest")
+    assert s.check_no_escape(outside / "events") == str(outside / "events")
+    with pytest.raises(UsageError, match="symlink"):
+        s.check_no_escape(lh / "landing" / "events")
+    (outside / "items").mkdir()
+    (lh / "items").symlink_to(outside / "items")
+    with pytest.raises(UsageError, match="symlink"):
+        delta.ensure_table(str(lh), ITEMS)
+    r = lakerec("sql", "--lakehouse", str(lh), "SELECT count(*) FROM items")
+    assert r.returncode == 2 and "outside the lakehouse" in r.stderr, r.stderr
+    assert not os.listdir(outside / "items")  # nothing was written through the link
+    assert snapshot(outside / "events") == before

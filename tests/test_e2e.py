@@ -100,15 +100,15 @@ def test_killed_jobs_converge_on_rerun(tmp_path):
     run([lakerec, "ingest", "--lakehouse", ref, "--all"])
 
     ingest = [lakerec, "ingest", "--lakehouse", crash, "--all", "--no-catalog"]
-    # 1. while Spark writes the quarantine files; 2. between the quarantine and the
-    # interactions commits; 3. while Spark writes the interactions files (the re-run
-    # already finds its quarantine commit and goes straight there)
+    # Ingest stages both tables' files (all its Spark work) before it commits either:
+    # 1. killed while Spark writes the quarantine files, 2. while it writes the
+    # interactions files: nothing is committed; 3. killed as soon as the quarantine commit
+    # lands, which is between the two commits or just after the second
     assert kill_when(ingest, writing(crash, "quarantine"))
     assert not committed(crash, "quarantine")
-    assert kill_when(ingest, lambda: committed(crash, "quarantine"))
-    assert not committed(crash, "interactions")
     assert kill_when(ingest, writing(crash, "interactions"))
-    assert not committed(crash, "interactions")
+    assert not committed(crash, "quarantine") and not committed(crash, "interactions")
+    assert kill_when(ingest, lambda: committed(crash, "quarantine"))
     run(ingest)
     run([lakerec, "ingest", "--lakehouse", crash, "--all"])  # the catalog too
     assert content(crash, "interactions", {"ingested_at"}) == \

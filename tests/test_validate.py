@@ -59,6 +59,19 @@ CASES = [
     (ev(ts=1714557600), "ts_out_of_range"),  # epoch seconds sent as millis: Jan 1970
     (ev(ts="2024-05-03T00:00:01Z"), "ts_out_of_range"),
     (ev(session_id=7), "wrong_type:session_id"),
+    # data fidelity: stored as inf / as 'u?x' before
+    (ev().replace('"view"', '"view", "value": 1e400'), "value_out_of_range"),
+    (ev().replace('"view"', '"view", "value": -1e999'), "value_out_of_range"),
+    (ev(user_id="PLACEHOLDER").replace("PLACEHOLDER", "u\\ud800x"), "invalid_utf8"),
+    (ev(user_id="PLACEHOLDER").replace("PLACEHOLDER", "\\udc00"), "invalid_utf8"),
+    (ev(user_id="PLACEHOLDER").replace("PLACEHOLDER", "a\\ud83d\\ude00\\udbff"),
+     "invalid_utf8"),
+    # a pair is one character; an escaped backslash before "ud800" is no escape at all
+    (ev(user_id="PLACEHOLDER").replace("PLACEHOLDER", "u\\ud83d\\ude00x"), None),
+    (ev(user_id="PLACEHOLDER").replace("PLACEHOLDER", "u\\\\ud800x"), None),
+    (ev(user_id="PLACEHOLDER").replace("PLACEHOLDER", "u\\\\\\ud800x"), "invalid_utf8"),
+    # two lone halves around an escaped backslash are no pair
+    (ev(user_id="PLACEHOLDER").replace("PLACEHOLDER", "\\ud800\\\\\\udc00"), "invalid_utf8"),
 ]
 
 

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from pipelines.batch import validate
+from pipelines.errors import UsageError
 from pipelines.storage import delta, landing
-from schemas import EVENT_RULES
+from schemas import EVENT_RULES, catalog_json_schema, event_json_schema, field_kinds
 from schemas.tables import INTERACTIONS, ITEMS, QUARANTINE
 
 log = logging.getLogger(__name__)
@@ -107,16 +110,113 @@ def _already(lakehouse: str, txn: delta.Txn, *specs) -> bool:
 @dataclass(frozen=True)
 class _Input:
     date: _dt.date
-    files: list
+    files: list  # readable by name
+    bad: list  # landing.BadFile: unexpected folders, unknown formats
     ingest_id: str
     txn: delta.Txn
 
 
 def _plan(date: _dt.date, source: str) -> _Input:
-    files = landing.partition_files(source, date)
-    fp = landing.fingerprint(files, RULES_VERSION, EVENT_RULES.fingerprint())
-    return _Input(date, files, f"ingest:{date.isoformat()}:{fp[:12]}",
+    folder = landing.partition_path(source, date)
+    if not os.path.isdir(folder):
+        raise UsageError(f"no input partition {folder}")
+    files, bad = landing.scan_partition(folder, root=source)
+    # every file counts, the unreadable too: fixing or removing one re-ingests the date
+    fp = landing.fingerprint([*files, *(b.file for b in bad)], RULES_VERSION,
+                             EVENT_RULES.fingerprint())
+    return _Input(date, files, bad, f"ingest:{date.isoformat()}:{fp[:12]}",
                   delta.Txn(f"lakerec.ingest/dt={date.isoformat()}", int(fp[:15], 16)))
+
+
+def _file_uri(spark, path: str) -> str:
+    """The file's URI as Spark's ``_metadata.file_path`` gives it to the rows read from it
+    (Hadoop's ``Path.toUri``: spaces and ``%`` escaped, ``+``, ``,``, non-ASCII kept)."""
+    return "file:" + spark.sparkContext._jvm.org.apache.hadoop.fs.Path(
+        os.path.abspath(path)).toUri().toString()
+
+
+def bad_file_rows(spark, bad: list, *, origin: str, ingest_id_of, dt_of, at: _dt.datetime):
+    """``quarantine`` rows for unreadable files: one each, ``reason = unreadable_file:<cause>``,
+    the file's URI as ``ingest_source``, what was wrong in ``raw``. Cost: one row per file."""
+    schema = QUARANTINE.spark_schema()
+    rows = [(b.detail, None, b.file.size, b.reason, None, _file_uri(spark, b.file.path),
+             ingest_id_of(b), at, origin, dt_of(b)) for b in bad]
+    return spark.createDataFrame(rows, schema)
+
+
+def _forced(df) -> None:
+    """Compute every column of ``df`` (a read that fails on some page fails here)."""
+    df.agg(F.count(F.lit(1)), F.sum(F.hash(*df.columns))).collect()
+
+
+def isolate_unreadable(spark, plan: landing.ReadPlan, fields: tuple[str, ...], check,
+                       inputs: Mapping[str, landing.InputFile]) -> list[landing.BadFile] | None:
+    """The files of ``plan`` whose read (and ``check``) fails in Spark, found by bisection.
+
+    Run after a Spark job over the whole input failed: a file whose footer or header looked
+    right can still hold a corrupt page or a truncated compressed stream. A file counts as
+    unreadable only when read alone it fails with an error naming it; a failure that names
+    no file (an executor lost, memory, a full disk) is not the input's fault, and then this
+    returns None. Cost: one small Spark job per probe, ``O(bad files * log(files))`` probes.
+    """
+    from urllib.parse import unquote
+
+    from pipelines.errors import spark_cause
+
+    def fails(paths) -> str | None:
+        sub = landing.ReadPlan(tuple(landing.ReadGroup(g.fmt, g.columns, tuple(
+            p for p in g.paths if p in paths)) for g in plan.groups), ())
+        sub = landing.ReadPlan(tuple(g for g in sub.groups if g.paths), ())
+        try:
+            _forced(check(landing.read_raw(spark, sub, fields)))
+        except Exception as e:  # noqa: BLE001 - any failure of this read is the files' fault
+            return spark_cause(e)
+        return None
+
+    files = {p: inputs[p] for g in plan.groups for p in g.paths}
+    out: list[landing.BadFile] = []
+
+    class _NotTheFilesError(Exception):
+        pass
+
+    def bisect(paths: list[str]) -> None:
+        why = fails(set(paths))
+        if why is None:
+            return
+        if len(paths) == 1:
+            if os.path.abspath(paths[0]) not in unquote(why):
+                raise _NotTheFilesError(why)
+            cls = why.split(" ", 1)[0]
+            out.append(landing.BadFile(files[paths[0]], _cause_name(cls), why))
+            return
+        mid = len(paths) // 2
+        bisect(paths[:mid])
+        bisect(paths[mid:])
+
+    try:
+        bisect(sorted(files))
+    except _NotTheFilesError as e:
+        log.warning("a Spark job failed, but not because of one input file: %s", e)
+        return None
+    return out or None
+
+
+def _isolating(spark, plan: landing.ReadPlan, fields: tuple[str, ...], check, run,
+               inputs: Mapping[str, landing.InputFile], *, attempts: int = 3):
+    """``run(plan)``; when its Spark work fails on a file, quarantine that file
+    (:func:`isolate_unreadable`) and run again without it (at most ``attempts`` runs)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return run(plan)
+        except _SparkReadFailedError as e:
+            found = isolate_unreadable(spark, plan, fields, check, inputs) \
+                if attempt < attempts else None
+            if not found:
+                raise e.__cause__ from None
+            for b in found:
+                log.warning("quarantining file %s: %s", b.file.path, b.detail)
+            plan = plan.without(found)
+    raise AssertionError("unreachable")
 
 
 def ingest_dates(spark, lakehouse: str, dates: list[_dt.date], *, source: str,
@@ -137,17 +237,62 @@ def ingest_dates(spark, lakehouse: str, dates: list[_dt.date], *, source: str,
             log.info("dt=%s already ingested from these files (%s)", p.date, p.ingest_id)
     pending = [p for p in plans if p.date not in reports]
     now = now or _dt.datetime.now(_dt.UTC)
-    for attempt in range(1, attempts + 1):
-        if not pending:
-            break
-        try:
-            reports.update(_ingest(spark, lakehouse, pending, now))
-            break
-        except delta.DeltaConflictError as e:
-            if attempt == attempts:
-                raise
-            log.warning("%s -- recomputing (attempt %d/%d)", e, attempt + 1, attempts)
+    if not pending:
+        return [reports[d] for d in dates]
+    plan = landing.plan_read([f for p in pending for f in p.files], field_kinds(
+        event_json_schema()), EVENT_RULES.required, [b for p in pending for b in p.bad])
+    for b in plan.bad:
+        log.warning("quarantining file %s: %s (%s)", b.file.path, b.reason, b.detail)
+
+    def run(plan_):
+        for attempt in range(1, attempts + 1):
+            try:
+                return _ingest(spark, lakehouse, pending, plan_, now)
+            except delta.DeltaConflictError as e:
+                if attempt == attempts:
+                    raise
+                log.warning("%s -- recomputing (attempt %d/%d)", e, attempt + 1, attempts)
+        raise AssertionError("unreachable")
+
+    # a file that looked right but fails in Spark: found, quarantined, the rest read
+    inputs = {f.path: f for p in pending for f in p.files}
+    reports.update(_isolating(spark, plan, _EVENT_FIELDS, _checker(pending), run, inputs))
     return [reports[d] for d in dates]
+
+
+class _SparkReadFailedError(Exception):
+    """A Spark job over the input failed (the cause is chained)."""
+
+
+def _is_spark_failure(e: BaseException) -> bool:
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    return isinstance(e, PySparkException | Py4JJavaError)
+
+
+def _cause_name(cls: str) -> str:
+    """A short reason from an error class: ``FAILED_READ_FILE.NO_HINT`` -> ``failed_read_file``."""
+    import re
+
+    name = cls.strip("[]").split(".")[0] if cls.startswith("[") else cls.rsplit(".", 1)[-1]
+    return re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")[:64] or "unreadable"
+
+
+def _checker(pending: list[_Input]):
+    """The validation of these dates' lines (``dt``, ``ingest_id`` and the future bound)."""
+    # the log partition each line came from: the last dt=YYYY-MM-DD folder of its path
+    day = F.regexp_extract("ingest_source", r"^.*/dt=([0-9]{4}-[0-9]{2}-[0-9]{2})/", 1)
+    ids = F.create_map(*[x for p in pending for x in (F.lit(p.date.isoformat()),
+                                                     F.lit(p.ingest_id))])
+    skew = 24 + EVENT_RULES.max_future_skew_hours  # end of the day, plus the allowed skew
+    max_ts = F.timestamp_add("HOUR", F.lit(skew), F.col("dt").cast("timestamp"))
+
+    def check(lines):
+        lines = lines.withColumn("dt", F.to_date(day)) \
+            .withColumn("ingest_id", F.element_at(ids, day))
+        return validate.check_events(lines, max_ts=max_ts)
+    return check
 
 
 def ingest_date(spark, lakehouse: str, date: _dt.date, *, source: str,
@@ -157,43 +302,69 @@ def ingest_date(spark, lakehouse: str, date: _dt.date, *, source: str,
                         attempts=attempts)[0]
 
 
-def _ingest(spark, lakehouse: str, pending: list[_Input], now: _dt.datetime
-            ) -> dict[_dt.date, IngestReport]:
+def _ingest(spark, lakehouse: str, pending: list[_Input], plan: landing.ReadPlan,
+            now: _dt.datetime) -> dict[_dt.date, IngestReport]:
+    """Stage both tables' files (every Spark job), then commit quarantine, then interactions.
+
+    A Spark failure therefore happens before any commit: nothing is half-written, and the
+    caller can isolate the file that caused it (:class:`_SparkReadFailedError`).
+    """
     dates = [p.date for p in pending]
+    of_date = {p.date: p for p in pending}
     snap = delta.ensure_table(lakehouse, INTERACTIONS)
     version = snap.version()
     existing = delta.read(spark, lakehouse, INTERACTIONS, version=version) \
         .where(~F.col("dt").isin(dates)).select("event_id")
-    lines = landing.read_raw(spark, [f for p in pending for f in p.files], _EVENT_FIELDS)
-    # the log partition each line came from: the last dt=YYYY-MM-DD folder of its path
-    day = F.regexp_extract("ingest_source", r"^.*/dt=([0-9]{4}-[0-9]{2}-[0-9]{2})/", 1)
-    ids = F.create_map(*[x for p in pending for x in (F.lit(p.date.isoformat()),
-                                                     F.lit(p.ingest_id))])
-    lines = lines.withColumn("dt", F.to_date(day)).withColumn("ingest_id", F.element_at(ids, day))
-    skew = 24 + EVENT_RULES.max_future_skew_hours  # end of the day, plus the allowed skew
-    max_ts = F.timestamp_add("HOUR", F.lit(skew), F.col("dt").cast("timestamp"))
-    checked = validate.check_events(lines, max_ts=max_ts).persist()
+    try:  # reading the footers/headers is Spark work that can fail on a file too
+        checked = _checker(pending)(landing.read_raw(spark, plan, _EVENT_FIELDS)).persist()
+    except Exception as e:
+        if _is_spark_failure(e):
+            raise _SparkReadFailedError(str(e)) from e
+        raise
+    day_of = {f.path: p.date for p in pending for f in (*p.files, *(b.file for b in p.bad))}
+    files_bad = bad_file_rows(spark, list(plan.bad), origin="events", at=now,
+                              dt_of=lambda b: day_of[b.file.path],
+                              ingest_id_of=lambda b: of_date[day_of[b.file.path]].ingest_id)
     interactions = quarantine = None
+    staged = []
     try:
         interactions, quarantine = events_to_tables(checked, existing, at=now)
         # one file per day for the (small) quarantine rather than one per task and day
-        quarantine = quarantine.repartition("dt").persist()
+        quarantine = quarantine.unionByName(files_bad).repartition("dt").persist()
         interactions = interactions.persist()
         meta = {"lakerec.ingest_ids": ",".join(p.ingest_id for p in pending),
-                "lakerec.files": sum(len(p.files) for p in pending)}
+                "lakerec.files": sum(len(p.files) + len(p.bad) for p in pending),
+                "lakerec.files_quarantined": len(plan.bad)}
         txns = [p.txn for p in pending]
-        q = delta.write(spark, quarantine, lakehouse, QUARANTINE, mode="overwrite",
-                        partition={"origin": "events", "dt": dates}, txn=txns, metadata=meta)
-        i = delta.write(spark, interactions, lakehouse, INTERACTIONS, mode="overwrite",
-                        partition={"dt": dates}, txn=txns, metadata=meta,
-                        read_version=version, conflict_scope="table")
-        reasons: dict[_dt.date, Counter] = {d: Counter() for d in dates}
-        for r in quarantine.groupBy("dt", "reason").count().collect():
-            reasons[r["dt"]][r["reason"]] = r["count"]
-        valid = Counter({r["dt"]: r["count"]
-                         for r in interactions.groupBy("dt").count().collect()})
+        q_snap = delta.ensure_table(lakehouse, QUARANTINE)
+        q_part = {"origin": "events", "dt": dates}
+        try:
+            staged.append(delta.stage(spark, quarantine, lakehouse, QUARANTINE,
+                                      partition=q_part))
+            staged.append(delta.stage(spark, interactions, lakehouse, INTERACTIONS,
+                                      partition={"dt": dates}))
+            reasons: dict[_dt.date, Counter] = {d: Counter() for d in dates}
+            for r in quarantine.groupBy("dt", "reason").count().collect():
+                reasons[r["dt"]][r["reason"]] = r["count"]
+            valid = Counter({r["dt"]: r["count"]
+                             for r in interactions.groupBy("dt").count().collect()})
+        except Exception as e:
+            if _is_spark_failure(e):
+                raise _SparkReadFailedError(str(e)) from e
+            raise
+        q = delta.commit(staged[0], snapshot=q_snap, mode="overwrite", partition=q_part,
+                         txn=txns, metadata=meta)
+        staged.pop(0)
+        i = delta.commit(staged[0], snapshot=snap, mode="overwrite", partition={"dt": dates},
+                         txn=txns, metadata=meta, conflict_scope="table")
+        staged.pop(0)
     finally:
-        for df in (checked, quarantine, interactions):
+        for s in staged:
+            s.discard()
+        # dependents first: unpersisting `checked` while plans cached on top of it remain
+        # makes Spark re-plan them (CacheManager.recacheByCondition), which spun for minutes
+        # after a failed read
+        for df in (interactions, quarantine, checked):
             if df is not None:
                 df.unpersist()
     out = {}
@@ -225,9 +396,29 @@ def ingest_catalog(spark, lakehouse: str, *, source: str,
         log.info("catalog already ingested from these files (%s)", ingest_id)
         return IngestReport(None, ingest_id, skipped=True)
     now = now or _dt.datetime.now(_dt.UTC)
+    schema = catalog_json_schema()
+    plan = landing.plan_read(files, field_kinds(schema), tuple(schema["required"]))
+    for b in plan.bad:
+        log.warning("quarantining catalog file %s: %s (%s)", b.file.path, b.reason, b.detail)
+    inputs = {f.path: f for f in files}
+    return _isolating(spark, plan, _CATALOG_FIELDS, validate.check_catalog,
+                      lambda p: _ingest_catalog(spark, lakehouse, p, txn, ingest_id, now),
+                      inputs)
+
+
+def _ingest_catalog(spark, lakehouse: str, plan: landing.ReadPlan, txn: delta.Txn,
+                    ingest_id: str, now: _dt.datetime) -> IngestReport:
     today = now.date()
-    lines = landing.read_raw(spark, files, _CATALOG_FIELDS)
-    checked = validate.check_catalog(lines).persist()
+    files_bad = bad_file_rows(spark, list(plan.bad), origin="catalog", at=now,
+                              dt_of=lambda b: today, ingest_id_of=lambda b: ingest_id)
+    try:  # every input is read by the quarantine write, before the first commit
+        checked = validate.check_catalog(
+            landing.read_raw(spark, plan, _CATALOG_FIELDS)).persist()
+    except Exception as e:
+        if _is_spark_failure(e):
+            raise _SparkReadFailedError(str(e)) from e
+        raise
+    bad = None
     try:
         valid, rejected = validate.split(checked)
         kept, dups = dedupe(valid, None, key="item_id",
@@ -238,12 +429,18 @@ def ingest_catalog(spark, lakehouse: str, *, source: str,
             "raw", "raw_bytes", "raw_size", "reason", F.lit(None).cast("string")
             .alias("event_id"), "ingest_source", F.lit(ingest_id).alias("ingest_id"),
             F.lit(now).cast("timestamp").alias("quarantined_at"),
-            F.lit("catalog").alias("origin"), F.lit(today).alias("dt")).persist()
+            F.lit("catalog").alias("origin"), F.lit(today).alias("dt")) \
+            .unionByName(files_bad).persist()
         items = kept.select(*_CATALOG_FIELDS, "ingest_source",
                             F.lit(ingest_id).alias("ingest_id"))
         # appended (one day may see several catalog drops), once per input thanks to the txn
-        q = delta.write(spark, bad, lakehouse, QUARANTINE, txn=txn,
-                        metadata={"lakerec.ingest_id": ingest_id})
+        try:
+            q = delta.write(spark, bad, lakehouse, QUARANTINE, txn=txn,
+                            metadata={"lakerec.ingest_id": ingest_id})
+        except Exception as e:
+            if _is_spark_failure(e):
+                raise _SparkReadFailedError(str(e)) from e
+            raise
         it = delta.replace_rows(spark, items, lakehouse, ITEMS, on=["item_id"], txn=txn,
                                 metadata={"lakerec.ingest_id": ingest_id})
         if it.skipped and it.reason == "no change":
@@ -254,8 +451,9 @@ def ingest_catalog(spark, lakehouse: str, *, source: str,
         reasons = Counter({r["reason"]: r["count"] for r in
                            bad.groupBy("reason").count().collect()})
         n_valid = kept.count()
-        bad.unpersist()
     finally:
+        if bad is not None:  # dependents first (see _ingest)
+            bad.unpersist()
         checked.unpersist()
     n_bad = sum(reasons.values())
     log.info("catalog: %d items valid, %d quarantined %s", n_valid, n_bad, dict(reasons) or "")

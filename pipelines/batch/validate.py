@@ -81,6 +81,24 @@ def _payload(raw: Column) -> tuple[Column, Column]:
     return text, F.octet_length(raw)
 
 
+# A JSON ``\\uXXXX`` escape of a UTF-16 surrogate. Escaped backslashes are replaced first
+# (left to right, as JSON reads them) by a character that is neither a backslash nor a hex
+# digit -- deleting them would glue "\\ud800\\\\\\udc00" into a pair -- and well-formed
+# pairs next; any surrogate escape left is a lone one, which the JSON parser would turn
+# into '?', so that two distinct ids could collide.
+_ESCAPED_BACKSLASH = r"\\\\"
+_SURROGATE_PAIR = r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+_SURROGATE = r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
+
+
+def lone_surrogate(text: Column) -> Column:
+    """True where a JSON text escapes an unpaired UTF-16 surrogate (``"u\\ud800x"``)."""
+    rest = F.regexp_replace(F.regexp_replace(text, _ESCAPED_BACKSLASH, "#"), _SURROGATE_PAIR,
+                            "")
+    # the cheap test first: almost no payload escapes a surrogate at all
+    return F.when(text.rlike(_SURROGATE), rest.rlike(_SURROGATE)).otherwise(F.lit(False))
+
+
 def _first_failure(rules: list[tuple[Column, str]]) -> Column:
     expr = None
     for cond, reason in rules:
@@ -144,7 +162,7 @@ def _parse(raw_col: str, names: tuple[str, ...]
     rules = [
         (raw.isNull() | (size == 0), "empty_payload"),
         (size > limit, "oversized"),
-        (~utf8, "invalid_utf8"),
+        (~utf8 | lone_surrogate(text), "invalid_utf8"),
         (F.col("_v").isNull(), "malformed_json"),
         (~F.col("_vt").startswith("OBJECT"), "not_an_object"),
     ]
@@ -163,6 +181,9 @@ def event_checker(*, max_ts: Column, raw_col: str = "raw") -> Checker:
     rules += _string_rules(fields, "event_type", required=True, max_len=64)
     rules.append((~event_type.isin(*r.event_types), "unknown_event_type"))
     rules.append((~_is_null(fields["value"]) & ~_is_number(fields["value"]), "wrong_type:value"))
+    # 1e400 parses as an infinite double: no type's value may be stored as inf
+    rules.append((~_is_null(fields["value"]) & (F.abs(value) == F.lit(float("inf"))),
+                  "value_out_of_range"))
     for t in r.valued_types:  # types weighted by their value: required, in range
         is_t = event_type == t.name
         lo, hi = t.value_range

@@ -60,14 +60,67 @@ def configure_logging(level: str | None = None) -> None:
     logging.getLogger("DataFrameQueryContextLogger").setLevel(logging.CRITICAL)
 
 
+_steps: list[str] = []  # the steps running now, outermost first (named in a failure line)
+
+
 @contextlib.contextmanager
 def step(name: str, out=None) -> Iterator[None]:
     """Print a step's name when it starts and its duration when it ends."""
     out = out or sys.stdout
     print(f"==> {name}", file=out, flush=True)
     t = time.perf_counter()
-    yield
+    _steps.append(name)
+    try:
+        yield
+    except BaseException:
+        if _steps and _steps[-1] == name and len(_steps) == 1:
+            _failed_step[:] = [name]
+        raise
+    finally:
+        _steps.pop()
     print(f"    {name}: done in {time.perf_counter() - t:.1f} s", file=out, flush=True)
+
+
+_failed_step: list[str] = []
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by the SIGTERM handler, after the JVM was stopped."""
+
+
+_terminated: list[int] = []  # the signal that stopped this job, once it did
+
+
+def _stop_jvm_on_sigterm(command: str):
+    """SIGTERM handler: stop the JVM this process started, then unwind and exit 143.
+
+    Python's default handling ends only this process, and the JVM it launched (a child of
+    ours, not of the signaller) kept running -- at one core and gigabytes, for as long as
+    nobody killed it. The JVM gets SIGTERM (its shutdown hooks stop Spark), then SIGKILL
+    after 10 s; then :class:`Terminated` unwinds the job, so that its ``finally`` blocks
+    remove staged files. Under ``spark-submit`` the JVM is our parent and ends the job.
+    """
+    import signal
+
+    def handler(signum, _frame):
+        if _terminated:
+            return
+        _terminated.append(signum)
+        print(f"lakerec {command}: terminated (signal {signum})", file=sys.stderr, flush=True)
+        ctx = sys.modules.get("pyspark") and sys.modules["pyspark"].SparkContext
+        proc = getattr(getattr(ctx, "_gateway", None), "proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except Exception:  # noqa: BLE001 - whatever happens, it must not outlive us
+                proc.kill()
+        raise Terminated(signum)
+
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 def run(command: str, argv: list[str] | None, parse: Callable[[list[str] | None], C],
@@ -80,14 +133,23 @@ def run(command: str, argv: list[str] | None, parse: Callable[[list[str] | None]
     try:
         config = parse(argv)
         configure_logging(log_level(config))
+        if spark:
+            import os
+
+            from pipelines.runtime.session import check_env
+
+            check_env(os.environ)
     except UsageError as e:
         print(f"lakerec {command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     session = None
+    _failed_step.clear()
+    _terminated.clear()
     try:
         if spark:
             from pipelines.runtime.session import build_session
 
+            _stop_jvm_on_sigterm(command)
             session = build_session(f"lakerec-{command}")
         code = body(session, config)
         return EXIT_OK if code is None else code
@@ -100,12 +162,19 @@ def run(command: str, argv: list[str] | None, parse: Callable[[list[str] | None]
     except KeyboardInterrupt:
         print(f"lakerec {command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated as t:
+        return 128 + t.args[0]
     except Exception as e:  # the one place a job reports an unexpected failure
-        first = (str(e).splitlines() or [""])[0][:500]
+        if _terminated:  # a clean-up after the JVM was stopped failed: still a SIGTERM
+            return 128 + _terminated[0]
+        from pipelines.errors import spark_cause
+
         log.debug("lakerec %s failed", command, exc_info=True)
-        print(f"lakerec {command}: failed: {type(e).__name__}: {first}", file=sys.stderr)
+        where = f" in step '{_failed_step[0]}'" if _failed_step else ""
+        print(f"lakerec {command}: failed{where}: {type(e).__name__}: {spark_cause(e)}",
+              file=sys.stderr)
         print("    (run with --log-level DEBUG for the traceback)", file=sys.stderr)
         return EXIT_FAILED
     finally:
-        if session is not None:
+        if session is not None and not _terminated:
             session.stop()

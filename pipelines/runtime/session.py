@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from importlib import resources
 
 log = logging.getLogger(__name__)
@@ -68,15 +69,38 @@ def local_defaults(master: str) -> dict[str, str]:
 
 
 def parse_conf_env(text: str | None) -> dict[str, str]:
-    """Parse ``LAKEREC_SPARK_CONF="k1=v1,k2=v2"`` (extra local-mode settings)."""
+    """Parse ``LAKEREC_SPARK_CONF="spark.k1=v1,spark.k2=v2"`` (extra local-mode settings)."""
+    import re
+
+    from pipelines.errors import UsageError
+
     out: dict[str, str] = {}
     for part in (text or "").split(","):
         if part.strip():
             k, sep, v = part.partition("=")
-            if not sep:
-                raise ValueError(f"LAKEREC_SPARK_CONF entry {part!r} is not key=value")
+            if not sep or not re.fullmatch(r"spark\.[A-Za-z0-9_.\-]+", k.strip()):
+                raise UsageError(f"LAKEREC_SPARK_CONF entry {part!r} is not spark.key=value")
             out[k.strip()] = v.strip()
     return out
+
+
+def check_env(env: Mapping[str, str]) -> None:
+    """Refuse bad Spark settings in the environment before the JVM starts (exit 2)."""
+    import re
+
+    from pipelines.errors import UsageError
+
+    parse_conf_env(env.get("LAKEREC_SPARK_CONF"))
+    rules = {
+        "LAKEREC_DRIVER_MEMORY": (r"(?i)[0-9]+([kmgtp]b?)?", "a size such as 4g or 512m"),
+        "LAKEREC_SPARK_UI": (r"true|false", "true or false"),
+        "LAKEREC_SPARK_MASTER": (
+            r"local(\[\s*([0-9]+|\*)\s*(,\s*[0-9]+\s*)?\])?|local-cluster\[[0-9, ]+\]"
+            r"|(spark|k8s|mesos)://\S+|yarn", "local[N], spark://host:port, k8s://..., yarn"),
+    }
+    for name, (pattern, what) in rules.items():
+        if name in env and not re.fullmatch(pattern, env[name]):
+            raise UsageError(f"{name}={env[name]!r}: expected {what}")
 
 
 def build_session(app_name: str, *, master: str | None = None,

@@ -15,6 +15,7 @@ True
 from pipelines.storage.arrow_io import append_arrow, arrow_dataset, replace_rows_arrow, stage_arrow
 from pipelines.storage.deltalog import (
     STAGING_DIR,
+    BrokenTableError,
     CommitResult,
     DeltaConflictError,
     StagedWrite,
@@ -42,7 +43,8 @@ from pipelines.storage.spark_io import (
 )
 
 __all__ = [
-    "STAGING_DIR", "CommitResult", "DeltaConflictError", "StagedWrite", "TableMissingError",
+    "STAGING_DIR", "BrokenTableError", "CommitResult", "DeltaConflictError", "StagedWrite",
+    "TableMissingError",
     "Txn", "UnsupportedTableError", "add_actions", "append_arrow", "arrow_dataset", "commit",
     "conform", "done", "ensure_table", "exists", "file_uri_to_relative", "latest_version",
     "open_table", "partition_values", "read", "replace_rows", "replace_rows_arrow", "stage",

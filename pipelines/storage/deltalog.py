@@ -40,7 +40,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
-from pipelines.errors import ConflictError, DataError
+from pipelines.errors import ConflictError, DataError, UsageError
 from schemas.tables import TableSpec
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,10 @@ class UnsupportedTableError(DataError):
 
 class TableMissingError(DataError, LookupError):
     """The table (or the asked-for version) does not exist."""
+
+
+class BrokenTableError(DataError):
+    """The table's log or files are damaged; ``lakerec doctor`` says how to recover."""
 
 
 @dataclass(frozen=True)
@@ -165,8 +169,18 @@ class StagedWrite:
 
 
 def table_path(root: str, spec: TableSpec | str) -> str:
-    """The folder of a table under the lakehouse root."""
-    return os.path.join(root, spec if isinstance(spec, str) else spec.name)
+    """The folder of a table under the lakehouse root.
+
+    A table folder that is a symlink leading out of the lakehouse is refused
+    (:class:`pipelines.errors.UsageError`): every write would go through it, elsewhere.
+    """
+    path = os.path.join(root, spec if isinstance(spec, str) else spec.name)
+    if os.path.islink(path) or os.path.islink(os.path.join(path, "_delta_log")):
+        real, home = os.path.realpath(path), os.path.realpath(root)
+        if not real.startswith(home.rstrip(os.sep) + os.sep):
+            raise UsageError(f"table folder {path} is a symlink to {real}, outside the "
+                             f"lakehouse {home}: refused")
+    return path
 
 
 def exists(root: str, spec: TableSpec | str) -> bool:
@@ -187,9 +201,23 @@ def open_table(root: str, spec: TableSpec | str, version: int | None = None):
     try:
         return DeltaTable(path, version=version)
     except (TableNotFoundError, OSError, Exception) as e:  # delta-rs raises generic errors too
-        if version is not None:
-            raise TableMissingError(f"table {name} has no version {version}: {e}") from None
-        raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        if version is not None and _log_file(path, version) is None:
+            raise TableMissingError(f"table {name} has no version {version}") from None
+        at = f" at version {version}" if version is not None else ""
+        raise BrokenTableError(f"table {name}{at} cannot be read ({first}); `lakerec doctor` "
+                               "says how to recover") from None
+
+
+def _log_file(path: str, version: int) -> str | None:
+    """The commit file of ``version`` if present (or a checkpoint at it)."""
+    log_dir = os.path.join(path, "_delta_log")
+    f = os.path.join(log_dir, f"{version:020d}.json")
+    if os.path.exists(f):
+        return f
+    cps = [n for n in os.listdir(log_dir) if n.startswith(f"{version:020d}.checkpoint")] \
+        if os.path.isdir(log_dir) else []
+    return os.path.join(log_dir, cps[0]) if cps else None
 
 
 def ensure_table(root: str, spec: TableSpec):
@@ -209,7 +237,7 @@ def ensure_table(root: str, spec: TableSpec):
         except Exception:
             if not DeltaTable.is_deltatable(path):  # not a lost creation race: a real error
                 raise
-    dt = DeltaTable(path)
+    dt = open_table(root, spec)
     check_schema(dt, spec)
     return dt
 

@@ -17,8 +17,6 @@ import shutil
 import uuid
 from dataclasses import dataclass
 
-from pipelines.errors import UsageError
-
 log = logging.getLogger(__name__)
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".txt": "json",
@@ -70,14 +68,6 @@ def list_dates(events_root: str) -> list[_dt.date]:
                   if (m := _DT_DIR.match(d)))
 
 
-def partition_files(events_root: str, date: _dt.date) -> list[InputFile]:
-    """The files of one log partition; a missing partition is a :class:`UsageError`."""
-    folder = partition_path(events_root, date)
-    if not os.path.isdir(folder):
-        raise UsageError(f"no input partition {folder}")
-    return list_files(folder)
-
-
 def fingerprint(files: list[InputFile], *extra: object) -> str:
     """A hash of what an input is: file names, sizes and modification times (plus ``extra``)."""
     h = hashlib.sha256()
@@ -88,12 +78,208 @@ def fingerprint(files: list[InputFile], *extra: object) -> str:
     return h.hexdigest()
 
 
-def read_raw(spark, files: list[InputFile], fields: tuple[str, ...]):
-    """Read input files into ``(raw string, ingest_source string)`` rows, one per record.
+@dataclass(frozen=True)
+class BadFile:
+    """An input file that cannot be read as its format, and why (one quarantine row)."""
 
-    JSON Lines stay as they are (blank lines are not records and are skipped); Parquet rows
-    and CSV rows are turned into JSON objects of ``fields``, without type inference: a CSV
-    cell that reads as a number becomes a JSON number, anything else a string.
+    file: InputFile
+    cause: str  # machine-readable: corrupt_parquet, missing_column:ts, wrong_type:event_id ...
+    detail: str  # one line for a person
+
+    @property
+    def reason(self) -> str:
+        return f"unreadable_file:{self.cause}"
+
+
+@dataclass(frozen=True)
+class ReadGroup:
+    """Files read together with one schema: ``fmt``, their columns (None: from the file)."""
+
+    fmt: str
+    columns: tuple[str, ...] | None
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """How an input is read: groups of files that share a schema, and the unreadable files."""
+
+    groups: tuple[ReadGroup, ...]
+    bad: tuple[BadFile, ...]
+
+    def without(self, bad: list[BadFile]) -> ReadPlan:
+        """This plan with ``bad`` files moved from the groups to :attr:`bad`."""
+        drop = {b.file.path for b in bad}
+        groups = tuple(ReadGroup(g.fmt, g.columns, tuple(p for p in g.paths if p not in drop))
+                       for g in self.groups)
+        return ReadPlan(tuple(g for g in groups if g.paths), (*self.bad, *bad))
+
+
+def scan_partition(folder: str, root: str | None = None
+                   ) -> tuple[list[InputFile], list[BadFile]]:
+    """The files of one log partition: (readable by name, unexpected).
+
+    Subfolders are read too (``dt=D/hour=07/part-0.jsonl``), except a nested ``dt=`` folder:
+    a date inside a date is ambiguous, so its files are unexpected, as are files of an
+    unknown format, anything that is not a regular file (a FIFO would block a reader
+    forever), and -- when ``root`` is given -- a file or folder reached through a symlink
+    leading out of ``root``. Hidden ``.``/``_`` entries are skipped. Cost: one ``stat``
+    per file.
+    """
+    import stat as _stat
+
+    home = os.path.realpath(root) if root else None
+    files, bad = [], []
+    for dirpath, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+        nested = os.path.relpath(dirpath, folder)
+        nested_dt = nested != "." and any(_DT_DIR.match(p) for p in nested.split(os.sep))
+        for name in sorted(names):
+            if name.startswith((".", "_")):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)
+            except OSError as e:  # a broken symlink
+                bad.append(BadFile(InputFile(path, 0, 0, "unknown"), "not_a_file",
+                                   f"{name}: {e.strerror}"))
+                continue
+            f = InputFile(path, st.st_size, st.st_mtime_ns, file_format(name) or "unknown")
+            real = os.path.realpath(path)
+            if home and not real.startswith(home.rstrip(os.sep) + os.sep):
+                bad.append(BadFile(f, "outside_source", f"{name} leads to {real}, outside "
+                                   f"{home}"))
+            elif not _stat.S_ISREG(st.st_mode):
+                bad.append(BadFile(f, "not_a_file", f"{name}: not a regular file"))
+            elif nested_dt:
+                bad.append(BadFile(f, "unexpected_folder",
+                                   f"inside a nested partition folder {nested}/"))
+            elif f.fmt == "unknown":
+                bad.append(BadFile(f, "unknown_format", f"{name}: not .jsonl/.json/.parquet/.csv"))
+            else:
+                files.append(f)
+    return files, bad
+
+
+def _arrow_kinds(t) -> set[str]:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return {"string", "date-time"}
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return {"number", "integer"}
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        return {"date-time"}
+    if pa.types.is_null(t):
+        return {"null", "any"}
+    if pa.types.is_boolean(t):
+        return {"boolean"}
+    return {"object"}
+
+
+def _open_text(path: str):
+    import bz2
+    import gzip
+
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    if path.endswith(".bz2"):
+        return bz2.open(path, "rt", encoding="utf-8-sig", newline="")
+    if path.endswith(_COMPRESSED):
+        return None  # a codec Spark reads and Python does not: its header is Spark's to read
+    return open(path, encoding="utf-8-sig", newline="")  # -sig: Excel's byte-order mark
+
+
+def plan_read(files: list[InputFile], kinds: dict[str, frozenset[str]],
+              required: tuple[str, ...], bad: list[BadFile] = ()) -> ReadPlan:
+    """Check each file against the declared columns on the driver and group what reads alike.
+
+    Parquet: the footer's schema (a truncated or corrupt file fails here); every required
+    column present; each declared column's type of a kind the schema allows (``event_id``
+    as int64 is refused: reading it with the other files would fail the job). Files group by
+    their schema, so files of one partition that disagree are read apart, never merged. CSV:
+    the header names the columns (any order; optional ones may be absent). JSON Lines: read
+    as text; each line is judged by validation. Cost: one footer or first line per file.
+    """
+    import csv
+
+    import pyarrow.parquet as pq
+
+    bad = list(bad)
+    groups: dict[tuple, list[str]] = {}
+    for f in files:
+        if f.fmt == "json":
+            groups.setdefault(("json", None), []).append(f.path)
+            continue
+        if f.fmt == "parquet":
+            try:
+                schema = pq.read_schema(f.path)
+            except Exception as e:  # noqa: BLE001 - any unreadable footer is this file's fault
+                bad.append(BadFile(f, "corrupt_parquet", _first_line(e)))
+                continue
+            twice = sorted({n for n in schema.names if schema.names.count(n) > 1})
+            if twice:
+                bad.append(BadFile(f, "duplicate_column", f"columns repeated: {twice}"))
+                continue
+            present = {n: schema.field(n).type for n in kinds if n in schema.names}
+            wrong = [n for n, t in present.items()
+                     if not (_arrow_kinds(t) & (kinds[n] | {"any"}))]
+            cols = tuple(present)
+            key = ("parquet", tuple((n, str(t)) for n, t in present.items()))
+            if wrong:
+                n = wrong[0]
+                bad.append(BadFile(f, f"wrong_type:{n}",
+                                   f"column {n} is {present[n]}, declared "
+                                   f"{' or '.join(sorted(kinds[n]))}"))
+                continue
+        else:  # csv
+            stream = _open_text(f.path)
+            if stream is None:
+                groups.setdefault(("csv", None, f.path), []).append(f.path)
+                continue
+            try:
+                with stream:
+                    header = next(csv.reader(stream), None)
+            except (OSError, UnicodeDecodeError, EOFError, csv.Error) as e:
+                bad.append(BadFile(f, "unreadable_csv", _first_line(e)))
+                continue
+            if header is None:
+                continue  # an empty file: no records
+            cols = tuple(c.strip() for c in header)
+            if len(set(cols)) != len(cols):
+                bad.append(BadFile(f, "duplicate_column", f"header repeats a column: {header}"))
+                continue
+            key = ("csv", cols)
+        missing = [n for n in required if n not in cols]
+        if missing:
+            bad.append(BadFile(f, f"missing_column:{missing[0]}",
+                               f"no column {', '.join(missing)} (has {', '.join(cols)})"))
+            continue
+        groups.setdefault(key, []).append(f.path)
+    out = []
+    for key, paths in groups.items():
+        cols = None
+        if key[0] == "parquet":
+            cols = tuple(n for n, _ in key[1])
+        elif key[0] == "csv" and key[1] is not None:
+            cols = key[1]
+        out.append(ReadGroup(key[0], cols, tuple(paths)))
+    return ReadPlan(tuple(out), tuple(bad))
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def read_raw(spark, plan: ReadPlan, fields: tuple[str, ...]):
+    """Read a :class:`ReadPlan` into ``(raw string, ingest_source string)`` rows, one per record.
+
+    JSON Lines stay as they are (lines of only whitespace are not records); Parquet rows and
+    CSV rows are turned into JSON objects of ``fields``, without type inference: a CSV cell
+    that reads as a number becomes a JSON number, anything else a string. Each group is read
+    with its own schema; the results are unioned.
     """
     from functools import reduce
 
@@ -101,23 +287,27 @@ def read_raw(spark, files: list[InputFile], fields: tuple[str, ...]):
     from pyspark.sql import types as T
 
     parts = []
-    by_fmt: dict[str, list[str]] = {}
-    for f in files:
-        by_fmt.setdefault(f.fmt, []).append(f.path)
     source = F.col("_metadata.file_path").alias("ingest_source")
-    if "json" in by_fmt:
-        df = spark.read.option("lineSep", "\n").text(by_fmt["json"])
-        parts.append(df.where(F.trim(F.col("value")) != "").select(
-            F.col("value").alias("raw"), source))
-    if "parquet" in by_fmt:
-        df = spark.read.parquet(*by_fmt["parquet"])
-        cols = [c for c in fields if c in df.columns]
-        parts.append(df.select(F.to_json(F.struct(*cols)).alias("raw"), source))
-    if "csv" in by_fmt:
-        schema = T.StructType([T.StructField(c, T.StringType()) for c in fields])
-        df = spark.read.option("header", True).option("enforceSchema", False).schema(schema) \
-            .csv(by_fmt["csv"])
-        parts.append(df.select(_csv_json(fields).alias("raw"), source))
+    for g in plan.groups:
+        if g.fmt == "json":
+            df = spark.read.option("lineSep", "\n").text(list(g.paths))
+            # lines of only whitespace (a stray "\r", tabs) are not records, like empty ones
+            parts.append(df.where(~F.col("value").rlike(r"^\s*$")).select(
+                F.col("value").alias("raw"), source))
+        elif g.fmt == "parquet":
+            df = spark.read.parquet(*g.paths)
+            cols = [c for c in fields if c in g.columns]
+            parts.append(df.select(F.to_json(F.struct(*cols)).alias("raw"), source))
+        else:
+            # RFC 4180 quoting: a quote inside a quoted cell is doubled
+            reader = spark.read.option("header", True).option("escape", '"')
+            if g.columns is not None:  # the header probed: named columns, any order
+                schema = T.StructType([T.StructField(c, T.StringType()) for c in g.columns])
+                df = reader.schema(schema).option("enforceSchema", True).csv(list(g.paths))
+            else:
+                df = reader.csv(list(g.paths))
+            cols = tuple(c for c in fields if c in df.columns)
+            parts.append(df.select(_csv_json(cols).alias("raw"), source))
     if not parts:
         return spark.createDataFrame([], "raw string, ingest_source string")
     return reduce(lambda a, b: a.unionByName(b), parts)

@@ -15,6 +15,7 @@ Example
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterable, Mapping
 from urllib.parse import quote, unquote, urlparse
@@ -141,7 +142,11 @@ def stage(spark, df, root: str, spec: TableSpec, *,
     writer = conform(df, spec).write.mode("errorifexists").option("compression", "snappy")
     if spec.partition_by:
         writer = writer.partitionBy(*spec.partition_by)
-    writer.parquet(staging)
+    try:
+        writer.parquet(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed job's partial files
+        raise
     return adopt(staging, spec, path, write_id, partition=partition)
 
 

@@ -21,12 +21,16 @@ import csv
 import datetime as _dt
 import io
 import json
+import logging
+import os
 import re
 from collections.abc import Mapping
 
 from pipelines.errors import UsageError
 from pipelines.storage import delta
 from schemas.tables import TABLES
+
+log = logging.getLogger(__name__)
 
 _TRAVEL = re.compile(
     r"\b(?P<table>[A-Za-z_][A-Za-z0-9_]*)\s+(?P<kind>VERSION|TIMESTAMP)\s+AS\s+OF\s+"
@@ -67,8 +71,38 @@ def rewrite(sql: str, lakehouse: str) -> tuple[str, dict[str, tuple[str, int]]]:
     return _TRAVEL.sub(sub, sql), views
 
 
+def _referenced(sql: str) -> set[str] | None:
+    """The table names ``sql`` reads (DuckDB's parser); None if it names none it can tell
+    (``SHOW TABLES``, ``information_schema``) or cannot be parsed."""
+    import duckdb
+
+    try:
+        names = {n.lower() for n in duckdb.get_table_names(sql)}
+    except duckdb.Error:
+        return None
+    return names or None
+
+
+def _register(con, lakehouse: str, view: str, table: str, version: int | None) -> None:
+    try:
+        con.register(view, delta.arrow_dataset(lakehouse, table, version))
+    except delta.TableMissingError as e:
+        raise UsageError(str(e)) from None
+    except delta.BrokenTableError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged table fails only the queries using it
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise delta.BrokenTableError(f"table {table} cannot be read ({first}); "
+                                     "`lakerec doctor` says how to recover") from None
+
+
 def connect(lakehouse: str, as_of: Mapping[str, int] | None = None, sql: str = ""):
-    """A DuckDB connection with every existing table registered (``as_of`` pins versions)."""
+    """A DuckDB connection with the tables ``sql`` uses registered (``as_of`` pins versions).
+
+    Only the tables the query names are opened, so a damaged table fails the queries that
+    read it (:class:`~pipelines.storage.delta.BrokenTableError`, naming it) and no other;
+    time travel to an intact version of a table whose latest commit is damaged works.
+    """
     import duckdb
 
     as_of = dict(as_of or {})
@@ -76,29 +110,34 @@ def connect(lakehouse: str, as_of: Mapping[str, int] | None = None, sql: str = "
     if unknown:
         raise UsageError(f"unknown table(s) in --as-of: {', '.join(sorted(unknown))}")
     sql, views = rewrite(sql, lakehouse)
+    used = _referenced(sql)
     con = duckdb.connect()
     for name in TABLES:
-        if delta.exists(lakehouse, name):
+        named = used is not None and name in used or name in as_of
+        if used is not None and not named:
+            continue
+        if os.path.isdir(os.path.join(delta.table_path(lakehouse, name), "_delta_log")):
             try:
-                con.register(name, delta.arrow_dataset(lakehouse, name, as_of.get(name)))
-            except delta.TableMissingError as e:
-                raise UsageError(str(e)) from None
+                _register(con, lakehouse, name, name, as_of.get(name))
+            except delta.BrokenTableError as e:
+                if named:
+                    raise
+                # a query naming no table (SHOW TABLES): list the readable ones
+                log.warning("%s", e)
         elif name in as_of:
             raise UsageError(f"table {name} does not exist")
     for view, (table, version) in views.items():
-        if not delta.exists(lakehouse, table):
+        if not os.path.isdir(os.path.join(delta.table_path(lakehouse, table), "_delta_log")):
             raise UsageError(f"table {table} does not exist")
-        try:
-            con.register(view, delta.arrow_dataset(lakehouse, table, version))
-        except delta.TableMissingError as e:
-            raise UsageError(str(e)) from None
+        _register(con, lakehouse, view, table, version)
     con.execute("SET enable_external_access = false")
     return con, sql
 
 
 def query(lakehouse: str, sql: str, *, as_of: Mapping[str, int] | None = None,
           limit: int | None = None) -> tuple[list[str], list[tuple]]:
-    """Run ``sql``; returns (column names, rows). SQL errors are :class:`UsageError`."""
+    """Run ``sql``; returns (column names, rows). SQL errors are :class:`UsageError`; a data
+    file missing under a table is :class:`~pipelines.storage.delta.BrokenTableError`."""
     import duckdb
 
     con, sql = connect(lakehouse, as_of, sql)
@@ -107,10 +146,25 @@ def query(lakehouse: str, sql: str, *, as_of: Mapping[str, int] | None = None,
         cols = [d[0] for d in cur.description] if cur.description else []
         rows = cur.fetchmany(limit) if limit else cur.fetchall()
     except duckdb.Error as e:
-        raise UsageError(str(e).splitlines()[0]) from None
+        first = str(e).splitlines()[0]
+        table = _table_of_path(lakehouse, str(e))
+        if table is not None:
+            raise delta.BrokenTableError(f"table {table} cannot be read ({first[:300]}); "
+                                         "`lakerec doctor` says how to recover") from None
+        raise UsageError(first) from None
     finally:
         con.close()
     return cols, rows
+
+
+def _table_of_path(lakehouse: str, text: str) -> str | None:
+    """The table a scan error names: DuckDB says which registered stream failed
+    (``reading the stream registered as 'recommendations__v3' failed``)."""
+    m = re.search(r"registered as '([A-Za-z_][A-Za-z0-9_]*)' failed", text)
+    if m is None:
+        return None
+    name = m.group(1).split("__v")[0].lower()
+    return name if name in TABLES else None
 
 
 def _cell(v) -> str:
