@@ -164,9 +164,9 @@ def isolate_unreadable(spark, plan: landing.ReadPlan, fields: tuple[str, ...], c
     from pipelines.errors import spark_cause
 
     def fails(paths) -> str | None:
-        sub = landing.ReadPlan(tuple(landing.ReadGroup(g.fmt, g.columns, tuple(
-            p for p in g.paths if p in paths)) for g in plan.groups), ())
-        sub = landing.ReadPlan(tuple(g for g in sub.groups if g.paths), ())
+        groups = (landing.ReadGroup(g.fmt, g.columns, tuple(p for p in g.paths if p in paths))
+                  for g in plan.groups)
+        sub = landing.ReadPlan(tuple(g for g in groups if g.paths), ())
         try:
             _forced(check(landing.read_raw(spark, sub, fields)))
         except Exception as e:  # noqa: BLE001 - any failure of this read is the files' fault
