@@ -20,6 +20,7 @@ COMMANDS = {
     "check": ("jobs.check", "quality gate: the recommendations' invariants"),
     "doctor": ("jobs.doctor", "check every table's log and files; how to recover"),
     "restore": ("jobs.restore", "restore a table to an earlier version"),
+    "compact": ("jobs.compact", "fold superseded stream rows out of the merge-on-read tables"),
     "package": ("jobs.package", "build the --py-files and --archives a cluster needs"),
     "demo": ("jobs.demo", "the whole loop end to end on the embedded defaults"),
 }

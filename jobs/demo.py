@@ -85,7 +85,7 @@ def body(spark, cfg: DemoConfig) -> int:
     if cfg.stream:
         stream_demo(spark, lh, user, cfg.params.k)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s. Explore: "
-          f"lakerec sql --lakehouse {lh} \"SELECT * FROM recommendations LIMIT 10\"")
+          f"lakerec sql --lakehouse {lh} \"SELECT * FROM current_recommendations LIMIT 10\"")
     return 0
 
 
@@ -118,11 +118,11 @@ def summary(lakehouse: str, k: int) -> None:
         SELECT 'interactions' AS "table", count(*) AS rows FROM interactions
         UNION ALL SELECT 'quarantine', count(*) FROM quarantine
         UNION ALL SELECT 'items', count(*) FROM items
-        UNION ALL SELECT 'user_factors', count(*) FROM user_factors
+        UNION ALL SELECT 'user_factors', count(*) FROM current_user_factors
         UNION ALL SELECT 'item_factors', count(*) FROM item_factors
         {placements}        UNION ALL SELECT 'item_embeddings', count(*) FROM item_embeddings
         UNION ALL SELECT 'similar_items', count(*) FROM similar_items
-        UNION ALL SELECT 'recommendations', count(*) FROM recommendations""")
+        UNION ALL SELECT 'recommendations', count(*) FROM current_recommendations""")
     print(format_rows(*counts))
     # an active user: most events on the last day, ties by id
     (user,), = query(lakehouse, """
@@ -146,13 +146,14 @@ def content_summary(lakehouse: str) -> None:
 
     (placed, rows, users), = query(lakehouse, """
         SELECT (SELECT count(*) FROM item_placements p
-                WHERE p.model_version = (SELECT max(model_version) FROM recommendations)),
+                WHERE p.model_version = (SELECT max(model_version)
+                                         FROM current_recommendations)),
                count(*), count(DISTINCT user_id)
-        FROM recommendations WHERE source = 'content'""")[1]
+        FROM current_recommendations WHERE source = 'content'""")[1]
     print(f"\n== new items: {placed:,} placed from their text; {rows:,} recommendations of them "
           f"to {users:,} users (source = content)")
     top = query(lakehouse, """
-        SELECT item_id FROM recommendations WHERE source = 'content'
+        SELECT item_id FROM current_recommendations WHERE source = 'content'
         GROUP BY item_id ORDER BY count(*) DESC, item_id LIMIT 1""")[1]
     if top:
         item = top[0][0]
@@ -171,7 +172,7 @@ def recommendations_of(lakehouse: str, user: str, k: int):
 
     return query(lakehouse, f"""
         SELECT r.rank, r.item_id, round(r.score, 3) AS score, r.source, it.category, it.title
-        FROM recommendations r LEFT JOIN items it USING (item_id)
+        FROM current_recommendations r LEFT JOIN items it USING (item_id)
         WHERE r.user_id = '{user}' ORDER BY r.rank LIMIT {k}""")
 
 

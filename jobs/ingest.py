@@ -1,6 +1,7 @@
 """lakerec ingest: validate one day of logs into interactions (bad rows to quarantine).
 
     lakerec ingest --date YYYY-MM-DD [--source PATH] [--catalog PATH | --no-catalog]
+                   [--dedup-horizon-days 7]
     lakerec ingest --all             (every landed date, oldest first)
     spark-submit jobs/ingest.py      (same arguments)
 
@@ -16,7 +17,8 @@ import sys
 from dataclasses import dataclass
 
 from pipelines.runtime import cli
-from pipelines.runtime.config import UsageError, parse_date
+from pipelines.runtime.config import UsageError, nonneg_int, parse_date
+from schemas import DEDUP_HORIZON_DAYS
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class IngestConfig:
     dates: tuple[dt.date, ...]
     source: str
     catalog: str | None
+    dedup_horizon_days: int
     log_level: str | None
 
 
@@ -38,6 +41,9 @@ def parse(argv: list[str] | None) -> IngestConfig:
     p.add_argument("--source", help="log folder holding dt=*/ (default <lakehouse>/landing/events)")
     p.add_argument("--catalog", help="catalog folder (default <lakehouse>/landing/items)")
     p.add_argument("--no-catalog", action="store_true", help="do not load the catalog")
+    p.add_argument("--dedup-horizon-days",
+                   help="look duplicates up this many days of arrival either side "
+                        f"({DEDUP_HORIZON_DAYS})")
     args, s = cli.parse_args(p, argv, section="ingest")
     source = s.check_no_escape(s.get("source", flag=args.source,
                                      default=s.path("landing", "events")), "--source")
@@ -57,7 +63,9 @@ def parse(argv: list[str] | None) -> IngestConfig:
             raise UsageError(f"no catalog folder {catalog}")
         catalog = s.check_no_escape(catalog, "--catalog") if os.path.isdir(catalog) else None
     s.check_writable(s.lakehouse, "--lakehouse")
-    return IngestConfig(s.lakehouse, dates, source, catalog, args.log_level)
+    horizon = s.get("dedup_horizon_days", flag=args.dedup_horizon_days,
+                    default=DEDUP_HORIZON_DAYS, cast=nonneg_int)
+    return IngestConfig(s.lakehouse, dates, source, catalog, horizon, args.log_level)
 
 
 def body(spark, cfg: IngestConfig) -> int:
@@ -71,7 +79,8 @@ def body(spark, cfg: IngestConfig) -> int:
     label = f"dt={cfg.dates[0]}" if len(cfg.dates) == 1 else \
         f"{len(cfg.dates)} dates ({cfg.dates[0]} .. {cfg.dates[-1]})"
     with cli.step(f"ingest {label}"):
-        print_reports(ingest_dates(spark, cfg.lakehouse, list(cfg.dates), source=cfg.source))
+        print_reports(ingest_dates(spark, cfg.lakehouse, list(cfg.dates), source=cfg.source,
+                                   dedup_horizon_days=cfg.dedup_horizon_days))
     return 0
 
 

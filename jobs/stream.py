@@ -31,6 +31,7 @@ from pipelines.runtime.config import (
     positive_int,
 )
 from pipelines.streaming.supervisor import StreamConfig
+from schemas import DEDUP_HORIZON_DAYS
 
 _KAFKA_FLAGS = {  # flag -> source option
     "security_protocol": "kafka.security.protocol",
@@ -104,6 +105,8 @@ def parse(argv: list[str] | None) -> StreamConfig:
     p.add_argument("--k", type=positive_int, help="recommendations per user (default 10)")
     p.add_argument("--new-item-slots",
                    help="places per list reserved for items placed by their text (1; 0 = none)")
+    p.add_argument("--dedup-horizon-days",
+                   help="look duplicate event ids up this many days back (7)")
     p.add_argument("--max-restarts", default=None,
                    help="restarts after a transient failure such as a broker outage "
                         "(default 5)")
@@ -128,7 +131,9 @@ def parse(argv: list[str] | None) -> StreamConfig:
         s.get("max_restarts", flag=args.max_restarts, default=5, cast=nonneg_int),
         args.log_level,
         s.get("new_item_slots", flag=args.new_item_slots, default=DEFAULTS.new_item_slots,
-              cast=nonneg_int))
+              cast=nonneg_int),
+        s.get("dedup_horizon_days", flag=args.dedup_horizon_days,
+              default=DEDUP_HORIZON_DAYS, cast=nonneg_int))
     try:
         SourceOptions.parse(cfg.source_options())
     except KafkaConfigError as e:

@@ -19,7 +19,9 @@ Example
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -28,12 +30,14 @@ from schemas import events
 from schemas.tables import TABLES, Column, TableSpec
 
 __all__ = [
+    "DEDUP_HORIZON_DAYS",
     "EVENT_RULES",
     "TABLES",
     "Column",
     "EventRules",
     "TableSpec",
     "catalog_json_schema",
+    "dedup_window",
     "event_json_schema",
     "field_kinds",
 ]
@@ -115,3 +119,27 @@ def _load_rules() -> EventRules:
 
 
 EVENT_RULES = _load_rules()
+
+
+# Duplicates are looked up this many days of arrival either side (``dedup_horizon_days``).
+DEDUP_HORIZON_DAYS = 7
+
+
+def dedup_window(arrivals: Iterable[_dt.date], horizon_days: int) -> tuple[_dt.date, _dt.date]:
+    """The arrival dates (``dt`` partitions of ``interactions``) whose event ids records
+    arriving on ``arrivals`` are checked against: ``horizon_days`` either side of them.
+
+    The one rule of both ``ingest`` (a log date, perhaps a backfill: both sides) and the
+    stream (today: in effect the days before). A copy that arrives more than the horizon
+    after the first is kept as a new event; in exchange a day's deduplication reads a fixed
+    number of days, the same on day 10 as on day 1,000. Copies within one input (one ingest
+    pass, one micro-batch) are always caught.
+
+    >>> dedup_window([_dt.date(2024, 6, 10)], 7)
+    (datetime.date(2024, 6, 3), datetime.date(2024, 6, 17))
+    """
+    days = list(arrivals)
+    if horizon_days < 0:
+        raise ValueError("horizon_days must be >= 0")
+    span = _dt.timedelta(days=horizon_days)
+    return min(days) - span, max(days) + span

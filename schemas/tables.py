@@ -46,12 +46,46 @@ class TableSpec:
     key: tuple[str, ...] = ()
     doc: str = ""
     properties: dict[str, str] = field(default_factory=dict)
+    # Merge-on-read: writers append a key's new rows instead of rewriting the files that hold
+    # its old ones; the current rows of each ``current_key`` are those with its greatest
+    # ``current_by``. ``lakerec compact`` folds the superseded rows away.
+    current_key: tuple[str, ...] = ()
+    current_by: str | None = None
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.columns]
-        missing = [p for p in (*self.partition_by, *self.key) if p not in names]
+        missing = [p for p in (*self.partition_by, *self.key, *self.current_key,
+                               *([self.current_by] if self.current_by else []))
+                   if p not in names]
         if missing:
             raise ValueError(f"table {self.name}: unknown partition/key columns {missing}")
+        if bool(self.current_key) != bool(self.current_by):
+            raise ValueError(f"table {self.name}: current_key and current_by go together")
+
+    @property
+    def merge_on_read(self) -> bool:
+        """Whether the table may hold superseded rows (see :meth:`current_sql`)."""
+        return bool(self.current_key)
+
+    def current_sql(self, source: str | None = None) -> str:
+        """The one query that reads the current rows of a merge-on-read table.
+
+        Plain SQL that DuckDB, Spark SQL and Polars' ``SQLContext`` all run unchanged, with
+        the table registered as ``source`` (default: its name)::
+
+            >>> print(RECOMMENDATIONS.current_sql())  # doctest: +NORMALIZE_WHITESPACE
+            SELECT user_id, rank, item_id, score, source, model_version, generated_at
+            FROM (SELECT *, max(generated_at) OVER (PARTITION BY user_id) AS _latest
+                  FROM recommendations) AS t
+            WHERE generated_at = _latest
+        """
+        if not self.merge_on_read:
+            raise ValueError(f"table {self.name} is not merge-on-read")
+        return (f"SELECT {', '.join(self.column_names)}\n"
+                f"FROM (SELECT *, max({self.current_by}) OVER (PARTITION BY "
+                f"{', '.join(self.current_key)}) AS _latest\n"
+                f"      FROM {source or self.name}) AS t\n"
+                f"WHERE {self.current_by} = _latest")
 
     @property
     def column_names(self) -> list[str]:
@@ -189,7 +223,6 @@ ITEM_INDEX = TableSpec(
 
 USER_FACTORS = TableSpec(
     name="user_factors",
-    doc="User factor vectors per model version.",
     columns=(
         _c("user_id", "string", False),
         _c("user_idx", "int", False),
@@ -200,6 +233,9 @@ USER_FACTORS = TableSpec(
     ),
     partition_by=("model_version",),
     key=("model_version", "user_id"),
+    doc="User factor vectors per model version (merge-on-read: the latest updated_at wins).",
+    current_key=("model_version", "user_id"),
+    current_by="updated_at",
 )
 
 ITEM_FACTORS = TableSpec(
@@ -234,7 +270,8 @@ ITEM_PLACEMENTS = TableSpec(
 
 RECOMMENDATIONS = TableSpec(
     name="recommendations",
-    doc="Top-K per user: exactly K rows unless the unseen catalog is smaller.",
+    doc="Top-K lists, merge-on-read: each user's current list is their rows with the latest "
+        "generated_at (exactly K unless the unseen catalog is smaller).",
     columns=(
         _c("user_id", "string", False),
         _c("rank", "int", False, "1 = best"),
@@ -242,9 +279,11 @@ RECOMMENDATIONS = TableSpec(
         _c("score", "float", False, "model score (ALS dot product, or popularity share)"),
         _c("source", "string", False, "als | fold_in | popular | content"),
         _c("model_version", "long", True, "the model the run served; null if none existed"),
-        _c("generated_at", "timestamp", False),
+        _c("generated_at", "timestamp", False, "when the list was made; the latest is current"),
     ),
     key=("user_id", "rank"),
+    current_key=("user_id",),
+    current_by="generated_at",
 )
 
 ITEM_EMBEDDINGS = TableSpec(

@@ -30,8 +30,8 @@ pytestmark = [
     pytest.mark.skipif(not (AIRFLOW_BIN / "airflow").exists(),
                        reason="Airflow's environment is missing: make airflow-venv"),
 ]
-EDGES = [["embed", "place"], ["ingest", "train_due"], ["place", "score"],
-         ["score", "quality_gate"],
+EDGES = [["compact", "quality_gate"], ["embed", "place"], ["ingest", "train_due"],
+         ["place", "score"], ["score", "compact"],
          ["skip_train", "embed"], ["train", "embed"], ["train_due", "skip_train"],
          ["train_due", "train"], ["wait_for_logs", "ingest"]]
 INSPECT = """
@@ -85,11 +85,12 @@ def test_dag_imports_with_the_documented_graph(tmp_path):
     assert got["schedule"] == "@daily" and got["catchup"] is False
     assert got["max_active_runs"] == 1
     spark_tasks = {t for t, op in got["operators"].items() if op == "SparkSubmitOperator"}
-    assert spark_tasks == {"ingest", "train", "embed", "place", "score", "quality_gate"}
+    assert spark_tasks == {"ingest", "train", "embed", "place", "score", "compact",
+                           "quality_gate"}
     assert all(got["retries"][t] > 0 for t in ("ingest", "train", "embed", "place", "score"))
     readme = (ROOT / "README.md").read_text()
     assert "wait_for_logs → ingest → train_due → train | skip_train → embed → place → " \
-        "score → quality_gate" in readme
+        "score → compact → quality_gate" in readme
 
 
 def test_a_real_dag_run_and_its_rerun(tmp_path):

@@ -96,8 +96,10 @@ def test_ingest_train_score_on_a_standalone_cluster(cluster, packaged, tmp_path)
                         "--items", "80", "--events", "15000", "--days", "8", "--clusters", "4"],
                        capture_output=True, text=True, env=job_env(), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    # the driver runs from the packed environment too, unpacked next to the job scripts
-    driver_env = tmp_path / "driver-env"
+    # the driver runs from the packed environment too, unpacked as ./env in the submit folder:
+    # the stream's Kafka source plans its offsets in a Python worker on the driver, started
+    # with the executors' interpreter path (./env/bin/python)
+    driver_env = tmp_path / "env"
     with tarfile.open(packaged / "lakerec_env.tar.gz") as t:
         t.extractall(driver_env)
     apps = tmp_path / "apps"
@@ -121,6 +123,44 @@ def test_ingest_train_score_on_a_standalone_cluster(cluster, packaged, tmp_path)
         assert r.returncode == 0, f"{script}\n{r.stdout[-2000:]}\n{r.stderr[-5000:]}"
         if script == "train.py":
             assert "promoted to champion" in r.stdout
+    # the stream on the cluster: the Kafka source's partitions read on the workers, the
+    # micro-batches' appends, then compaction folding them in
+    from pipelines.dev import broker, feedback
+    from pipelines.storage import delta
+    from pipelines.storage.sql import query
+    from schemas.tables import RECOMMENDATIONS
+
+    folder = str(tmp_path / "broker")
+    st = broker.start(folder)
+    try:
+        broker.create_topic(st.bootstrap, "feedback", partitions=2)
+        users = [r[0] for r in query(lh, "SELECT DISTINCT user_id FROM interactions "
+                                         "ORDER BY 1 LIMIT 20")[1]]
+        items = [r[0] for r in query(lh, "SELECT item_id FROM items ORDER BY 1")[1]]
+        p = feedback.make_producer(st.bootstrap, one_record_per_batch=True)
+        feedback.send(p, "feedback", feedback.random_events(users, items, 40, seed=3,
+                                                            prefix="cluster"))
+        p.close()
+        snapshot = delta.latest_version(lh, RECOMMENDATIONS)
+        for script, args in [("stream.py", ["--bootstrap", st.bootstrap, "--topic", "feedback",
+                                            "--k", "5", "--available-now"]),
+                             ("compact.py", [])]:
+            r = subprocess.run([*submit, str(apps / "jobs" / script), "--lakehouse", lh, *args],
+                               capture_output=True, text=True, env=env, cwd=tmp_path,
+                               timeout=900)
+            assert r.returncode == 0, f"{script}\n{r.stdout[-2000:]}\n{r.stderr[-5000:]}"
+    finally:
+        broker.stop(folder)
+    got = query(lh, "SELECT count(*), count(DISTINCT user_id) FROM interactions "
+                    "WHERE ingest_id LIKE 'stream:%'")[1][0]
+    assert got[0] == 40 and 0 < got[1] <= 20
+    assert delta.latest_version(lh, RECOMMENDATIONS) > snapshot + 1  # appends + compaction
+    fresh = query(lh, "SELECT count(DISTINCT user_id) FROM recommendations "
+                      "WHERE source = 'fold_in'")[1][0][0]
+    assert fresh == got[1]
+    # compacted: the table holds the current lists only
+    assert query(lh, "SELECT count(*) FROM recommendations")[1] == \
+        query(lh, "SELECT count(*) FROM current_recommendations")[1]
     # the same invariants as local mode
     failed = [c for c in check_recommendations(lh, k=5) if c.violations]
     assert not failed, failed

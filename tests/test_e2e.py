@@ -56,7 +56,8 @@ def test_every_job_through_spark_submit(tmp_path):
 
 def content(lh, table, drop):
     spec = {"interactions": INTERACTIONS, "quarantine": QUARANTINE,
-            "recommendations": RECOMMENDATIONS}[table]
+            "recommendations": RECOMMENDATIONS,
+            "current_recommendations": RECOMMENDATIONS}[table]
     # lineage names files by absolute path: compare it relative to the lakehouse
     cols = ", ".join(f"replace({c}, '{lh}', '<lh>')" if c == "ingest_source" else c
                      for c in spec.column_names if c not in drop)
@@ -128,3 +129,36 @@ def test_killed_jobs_converge_on_rerun(tmp_path):
     run([lakerec, "score", "--lakehouse", ref, "--k", "5"])
     assert delta.latest_version(ref, RECOMMENDATIONS) == version + 2
     assert content(ref, "recommendations", {"generated_at"}) == first
+
+    # the stream's refreshed lists are appended (merge-on-read); compaction, killed while it
+    # writes, changes nothing, and its re-run folds them in without changing the current lists
+    fresh = stream_lists(ref, 3)
+    delta.append_arrow(ref, RECOMMENDATIONS, fresh)
+    current = content(ref, "current_recommendations", set())
+    assert len(query(ref, "SELECT * FROM recommendations")[1]) > len(current)
+    version = delta.latest_version(ref, RECOMMENDATIONS)
+    assert kill_when([lakerec, "compact", "--lakehouse", ref], writing(ref, "recommendations"))
+    assert delta.latest_version(ref, RECOMMENDATIONS) == version
+    run([lakerec, "compact", "--lakehouse", ref])
+    assert delta.latest_version(ref, RECOMMENDATIONS) == version + 1
+    assert content(ref, "recommendations", set()) == current
+    assert content(ref, "current_recommendations", set()) == current
+    out = run([lakerec, "compact", "--lakehouse", ref])
+    assert "nothing to fold" in out.stdout
+    assert delta.latest_version(ref, RECOMMENDATIONS) == version + 1
+
+
+def stream_lists(lh, users):
+    """New lists for ``users`` users, as the stream appends them (a later generated_at)."""
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    old = delta.current_table(lh, RECOMMENDATIONS)
+    ids = sorted(set(old["user_id"].to_pylist()))[:users]
+    keep = old.filter(pc.is_in(old["user_id"], pa.array(ids)))
+    now = pa.array([dt.datetime.now(dt.UTC)] * keep.num_rows, pa.timestamp("us", "UTC"))
+    return keep.set_column(keep.schema.get_field_index("generated_at"), "generated_at", now) \
+        .set_column(keep.schema.get_field_index("source"), "source",
+                    pa.array(["fold_in"] * keep.num_rows))

@@ -132,8 +132,8 @@ def stream_rows(lh):
 
 def assert_recommendations_are_a_fresh_fold_in(spark, lh, users):
     model, want, raw = expected_refresh(spark, lh, users)
-    recs = delta.arrow_dataset(lh, RECOMMENDATIONS).to_table(
-        filter=pc.field("user_id").isin(users))
+    listed = ", ".join(f"'{u}'" for u in users)
+    recs = delta.current_table(lh, RECOMMENDATIONS, where=f"user_id IN ({listed})")
     got = sorted(zip(recs["user_id"].to_pylist(), recs["rank"].to_pylist(),
                      recs["item_id"].to_pylist(), recs["source"].to_pylist(), strict=True))
     assert got == want
@@ -153,7 +153,7 @@ def test_stream_end_to_end_with_poison_duplicates_and_a_new_taste(spark, lh, kaf
     category, new_items = feedback.untouched_cluster_items(lh, demo_user, n=4)
     assert feedback.untouched_cluster_items(lh, demo_user, n=2, skip=2) == \
         (category, new_items[2:])  # the demo's skip: the next best sellers
-    before = [r[0] for r in query(lh, f"SELECT item_id FROM recommendations WHERE user_id = "
+    before = [r[0] for r in query(lh, f"SELECT item_id FROM current_recommendations WHERE user_id = "
                                       f"'{demo_user}' ORDER BY rank")[1]]
     valid = list(feedback.random_events(users, items, 300, seed=1, prefix="e2e",
                                         new_users=0.1))
@@ -198,12 +198,12 @@ def test_stream_end_to_end_with_poison_duplicates_and_a_new_taste(spark, lh, kaf
 
     touched = sorted(set(inter["user_id"].to_pylist()))
     model = assert_recommendations_are_a_fresh_fold_in(spark, lh, touched)
-    uf = delta.arrow_dataset(lh, USER_FACTORS).to_table(
-        filter=(pc.field("source") == "fold_in") & (pc.field("model_version") == model.version))
+    uf = delta.current_table(lh, USER_FACTORS,
+                             where=f"source = 'fold_in' AND model_version = {model.version}")
     assert set(uf["user_id"].to_pylist()) <= set(touched)
     assert len(uf) == len(set(uf["user_id"].to_pylist())) > 0
 
-    after = query(lh, f"""SELECT r.item_id, it.category FROM recommendations r
+    after = query(lh, f"""SELECT r.item_id, it.category FROM current_recommendations r
                          JOIN items it USING (item_id) WHERE user_id = '{demo_user}'
                          ORDER BY rank""")[1]
     assert [i for i, _ in after] != before

@@ -2,7 +2,9 @@
 
 wait for the day's log partition -> ingest that date -> train (on the configured cadence)
 -> embed (item text features: only new or changed catalog texts are embedded) -> place (new
-items into the champion's factor space, from their text) -> score -> quality gate. One run per logical date; every task is idempotent for its date,
+items into the champion's factor space, from their text) -> score -> compact (fold the
+stream's appended lists in) -> quality gate. One run per logical date; every task is
+idempotent for its date,
 so clearing and re-running a date leaves the tables as they were.
 
 Configuration, read when the DAG file is parsed (environment of the scheduler/dag processor):
@@ -100,7 +102,7 @@ def spark_job(task_id: str, script: str, args, **kw) -> SparkSubmitOperator:
 
 with DAG(
     dag_id="lakerec_daily",
-    description="ingest -> train -> embed -> place -> score -> quality gate, one run per day",
+    description="ingest -> train -> embed -> place -> score -> compact -> quality gate, daily",
     schedule="@daily",
     start_date=START,
     catchup=CATCHUP,
@@ -140,8 +142,10 @@ with DAG(
                       trigger_rule="none_failed_min_one_success")
     place = spark_job("place", "place.py", [])
     score = spark_job("score", "score.py", ["--k={{ params.k }}"])
+    # fold the stream's appended lists into the snapshot score just wrote
+    compact = spark_job("compact", "compact.py", [])
     quality_gate = spark_job("quality_gate", "check.py", ["--k={{ params.k }}"],
                              retries=0)
 
     wait_for_logs() >> ingest >> train_due() >> [train, skip_train] >> embed >> place >> score
-    score >> quality_gate
+    score >> compact >> quality_gate

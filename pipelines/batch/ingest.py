@@ -27,11 +27,21 @@ from pyspark.sql import functions as F
 from pipelines.batch import validate
 from pipelines.errors import UsageError
 from pipelines.storage import delta, landing
-from schemas import EVENT_RULES, catalog_json_schema, event_json_schema, field_kinds
+from schemas import (
+    DEDUP_HORIZON_DAYS,
+    EVENT_RULES,
+    catalog_json_schema,
+    dedup_window,
+    event_json_schema,
+    field_kinds,
+)
 from schemas.tables import INTERACTIONS, ITEMS, QUARANTINE
 
 log = logging.getLogger(__name__)
 
+# Input bytes one ingest pass reads at most (``ingest --all`` of a long backlog runs in
+# passes): its cached frames then fit the default driver memory instead of spilling.
+PASS_BYTES = 256 << 20
 # Bump when dedup or catalog semantics change: inputs then count as new and re-ingest. The
 # event rules (types, limits) carry their own fingerprint, so a new event type re-validates.
 RULES_VERSION = "1"
@@ -220,14 +230,17 @@ def _isolating(spark, plan: landing.ReadPlan, fields: tuple[str, ...], check, ru
 
 
 def ingest_dates(spark, lakehouse: str, dates: list[_dt.date], *, source: str,
-                 now: _dt.datetime | None = None, attempts: int = 3) -> list[IngestReport]:
-    """Ingest the log partitions ``dt=D`` of ``dates`` under ``source``, in one pass.
+                 now: _dt.datetime | None = None, attempts: int = 3,
+                 dedup_horizon_days: int = DEDUP_HORIZON_DAYS) -> list[IngestReport]:
+    """Ingest the log partitions ``dt=D`` of ``dates`` under ``source``.
 
     Dates whose files are unchanged since their last ingest are skipped. The others are
-    validated together and committed together: one commit per table replaces all their
+    read in passes of at most :data:`PASS_BYTES` of input (:func:`passes`); a pass's dates
+    are validated together and committed together: one commit per table replaces all their
     partitions and records each date's transaction. The result is the same as ingesting
-    them one by one, oldest first. Raises :class:`pipelines.runtime.config.UsageError` if a partition
-    does not exist.
+    them one by one, oldest first, except that copies of an event further apart than
+    ``dedup_horizon_days`` are caught within one pass (:func:`schemas.dedup_window`).
+    Raises :class:`pipelines.runtime.config.UsageError` if a partition does not exist.
     """
     plans = [_plan(d, source) for d in dates]
     reports = {p.date: IngestReport(p.date, p.ingest_id, skipped=True) for p in plans
@@ -237,8 +250,31 @@ def ingest_dates(spark, lakehouse: str, dates: list[_dt.date], *, source: str,
             log.info("dt=%s already ingested from these files (%s)", p.date, p.ingest_id)
     pending = [p for p in plans if p.date not in reports]
     now = now or _dt.datetime.now(_dt.UTC)
-    if not pending:
-        return [reports[d] for d in dates]
+    for chunk in passes(pending, PASS_BYTES):
+        reports.update(_ingest_pass(spark, lakehouse, chunk, now, attempts, dedup_horizon_days))
+    return [reports[d] for d in dates]
+
+
+def passes(pending: list, budget: int) -> list[list]:
+    """``pending`` dates (oldest first) in consecutive passes of at most ``budget`` bytes of
+    input each (a date larger than that is a pass of its own): what one pass caches is then
+    bounded by the budget, not by the backlog. Pure, so that it is tested alone."""
+    out: list[list] = []
+    size = 0
+    for p in pending:
+        n = sum(f.size for f in p.files)
+        if out and size + n <= budget:
+            out[-1].append(p)
+            size += n
+        else:
+            out.append([p])
+            size = n
+    return out
+
+
+def _ingest_pass(spark, lakehouse: str, pending: list[_Input], now: _dt.datetime,
+                 attempts: int, dedup_horizon_days: int) -> dict[_dt.date, IngestReport]:
+    """One pass of :func:`ingest_dates`: these dates read, validated and committed together."""
     plan = landing.plan_read([f for p in pending for f in p.files], field_kinds(
         event_json_schema()), EVENT_RULES.required, [b for p in pending for b in p.bad])
     for b in plan.bad:
@@ -247,7 +283,7 @@ def ingest_dates(spark, lakehouse: str, dates: list[_dt.date], *, source: str,
     def run(plan_):
         for attempt in range(1, attempts + 1):
             try:
-                return _ingest(spark, lakehouse, pending, plan_, now)
+                return _ingest(spark, lakehouse, pending, plan_, now, dedup_horizon_days)
             except delta.DeltaConflictError as e:
                 if attempt == attempts:
                     raise
@@ -256,8 +292,7 @@ def ingest_dates(spark, lakehouse: str, dates: list[_dt.date], *, source: str,
 
     # a file that looked right but fails in Spark: found, quarantined, the rest read
     inputs = {f.path: f for p in pending for f in p.files}
-    reports.update(_isolating(spark, plan, _EVENT_FIELDS, _checker(pending), run, inputs))
-    return [reports[d] for d in dates]
+    return _isolating(spark, plan, _EVENT_FIELDS, _checker(pending), run, inputs)
 
 
 class _SparkReadFailedError(Exception):
@@ -296,15 +331,19 @@ def _checker(pending: list[_Input]):
 
 
 def ingest_date(spark, lakehouse: str, date: _dt.date, *, source: str,
-                now: _dt.datetime | None = None, attempts: int = 3) -> IngestReport:
+                now: _dt.datetime | None = None, attempts: int = 3,
+                dedup_horizon_days: int = DEDUP_HORIZON_DAYS) -> IngestReport:
     """Ingest one log partition (see :func:`ingest_dates`)."""
-    return ingest_dates(spark, lakehouse, [date], source=source, now=now,
-                        attempts=attempts)[0]
+    return ingest_dates(spark, lakehouse, [date], source=source, now=now, attempts=attempts,
+                        dedup_horizon_days=dedup_horizon_days)[0]
 
 
 def _ingest(spark, lakehouse: str, pending: list[_Input], plan: landing.ReadPlan,
-            now: _dt.datetime) -> dict[_dt.date, IngestReport]:
+            now: _dt.datetime, horizon_days: int) -> dict[_dt.date, IngestReport]:
     """Stage both tables' files (every Spark job), then commit quarantine, then interactions.
+
+    Cost: the input, plus the ``event_id`` column of the partitions within the dedup horizon
+    of these dates (:func:`schemas.dedup_window`): not the whole table.
 
     A Spark failure therefore happens before any commit: nothing is half-written, and the
     caller can isolate the file that caused it (:class:`_SparkReadFailedError`).
@@ -313,8 +352,12 @@ def _ingest(spark, lakehouse: str, pending: list[_Input], plan: landing.ReadPlan
     of_date = {p.date: p for p in pending}
     snap = delta.ensure_table(lakehouse, INTERACTIONS)
     version = snap.version()
-    existing = delta.read(spark, lakehouse, INTERACTIONS, version=version) \
-        .where(~F.col("dt").isin(dates)).select("event_id")
+    # the ids already ingested within the horizon of these dates (never the dates themselves)
+    lo, hi = (d.isoformat() for d in dedup_window(dates, horizon_days))
+    near = sorted({a["partition"]["dt"] for a in delta.add_actions(snap)
+                   if lo <= a["partition"]["dt"] <= hi} - {d.isoformat() for d in dates})
+    existing = delta.read(spark, lakehouse, INTERACTIONS, version=version,
+                          partitions={"dt": near}).select("event_id")
     try:  # reading the footers/headers is Spark work that can fail on a file too
         checked = _checker(pending)(landing.read_raw(spark, plan, _EVENT_FIELDS)).persist()
     except Exception as e:

@@ -1,6 +1,7 @@
 """Quality gate: the invariants ``recommendations`` must hold, checked with DuckDB.
 
-Each check is a query counting violations; zero means it holds. Used by ``lakerec check``
+Each check is a query counting violations; zero means it holds. The checks read each user's
+current list (``current_recommendations``, the merge-on-read view). Used by ``lakerec check``
 and the Airflow DAG's last task, which fails the run when any count is not zero.
 
 Example
@@ -24,34 +25,34 @@ class Check:
 def _checks(k: int) -> dict[str, str]:
     return {
         "recommendations exist":
-            "SELECT CASE WHEN count(*) = 0 THEN 1 ELSE 0 END FROM recommendations",
+            "SELECT CASE WHEN count(*) = 0 THEN 1 ELSE 0 END FROM current_recommendations",
         "no null in a required column":
-            "SELECT count(*) FROM recommendations WHERE user_id IS NULL OR item_id IS NULL "
+            "SELECT count(*) FROM current_recommendations WHERE user_id IS NULL OR item_id IS NULL "
             "OR rank IS NULL OR score IS NULL OR source IS NULL OR generated_at IS NULL",
         f"at most {k} rows per user":
-            f"SELECT count(*) FROM (SELECT user_id FROM recommendations GROUP BY 1 "
+            f"SELECT count(*) FROM (SELECT user_id FROM current_recommendations GROUP BY 1 "
             f"HAVING count(*) > {k})",
         "ranks are 1..n per user":
             "SELECT count(*) FROM (SELECT user_id, count(*) n, min(rank) lo, max(rank) hi, "
-            "count(DISTINCT rank) d FROM recommendations GROUP BY 1) "
+            "count(DISTINCT rank) d FROM current_recommendations GROUP BY 1) "
             "WHERE lo != 1 OR hi != n OR d != n",
         "no item twice for a user":
-            "SELECT count(*) FROM (SELECT user_id, item_id FROM recommendations "
+            "SELECT count(*) FROM (SELECT user_id, item_id FROM current_recommendations "
             "GROUP BY 1, 2 HAVING count(*) > 1)",
         "no seen item recommended":
-            "SELECT count(*) FROM recommendations r SEMI JOIN interactions i "
+            "SELECT count(*) FROM current_recommendations r SEMI JOIN interactions i "
             "USING (user_id, item_id)",
         "every user with interactions is scored":
             "SELECT count(*) FROM (SELECT DISTINCT user_id FROM interactions) u "
-            "ANTI JOIN recommendations r USING (user_id)",
+            "ANTI JOIN current_recommendations r USING (user_id)",
         # a user may get fewer than k rows only if fewer than k items with factors of the
         # served model remain unseen (a lower bound of the recommendable catalog)
         f"{k} rows unless fewer than {k} recommendable items are unseen":
             f"""
-            WITH served AS (SELECT max(model_version) AS v FROM recommendations),
+            WITH served AS (SELECT max(model_version) AS v FROM current_recommendations),
                  catalog AS (SELECT DISTINCT item_id FROM item_factors
                              WHERE model_version = (SELECT v FROM served)),
-                 n_rows AS (SELECT user_id, count(*) AS n FROM recommendations GROUP BY 1),
+                 n_rows AS (SELECT user_id, count(*) AS n FROM current_recommendations GROUP BY 1),
                  seen AS (SELECT i.user_id, count(DISTINCT i.item_id) AS s
                           FROM interactions i SEMI JOIN catalog c USING (item_id)
                           GROUP BY 1)

@@ -216,7 +216,8 @@ def universe_rows(spark, model: ServingModel) -> DataFrame:
 def score(spark, lakehouse: str, *, k: int = DEFAULTS.k, model_version: int | None = None,
           popularity_days: int | None = None, new_item_slots: int = DEFAULTS.new_item_slots,
           now: _dt.datetime | None = None) -> ScoreReport:
-    """Write ``recommendations`` for every user in ``interactions`` (atomic full replace).
+    """Write ``recommendations`` for every user in ``interactions``: one commit replacing
+    every list the table held when the job started (:func:`pipelines.storage.delta.replace_snapshot`).
 
     Cost: one pass over ``interactions`` (distinct user-item pairs, grouped by user), the
     served vectors of the model version, and the policy on the executors.
@@ -231,8 +232,10 @@ def score(spark, lakehouse: str, *, k: int = DEFAULTS.k, model_version: int | No
               for t in (INTERACTIONS, USER_FACTORS, ITEM_FACTORS, ITEM_PLACEMENTS)}
     txn = delta.Txn.of_content("lakerec.score", version, k, popularity_days, new_item_slots,
                                *sorted(inputs.items()))
-    if delta.exists(lakehouse, RECOMMENDATIONS) and delta.done(
-            delta.open_table(lakehouse, RECOMMENDATIONS), txn):
+    # the lists present now are replaced; lists the stream appends while this job runs are
+    # newer than its `now` and stay current (merge-on-read)
+    snapshot = delta.ensure_table(lakehouse, RECOMMENDATIONS)
+    if delta.done(snapshot, txn):
         log.info("recommendations already computed from these inputs; nothing to do")
         return ScoreReport(version, skipped=True)
 
@@ -245,7 +248,8 @@ def score(spark, lakehouse: str, *, k: int = DEFAULTS.k, model_version: int | No
     users = pairs.select("user_id").distinct().join(seen, "user_id", "left")
     if ref is not None and inputs["user_factors"] is not None:
         vecs = delta.read(spark, lakehouse, USER_FACTORS, version=inputs["user_factors"],
-                          partitions={"model_version": [version]}).select("user_id", "factors")
+                          partitions={"model_version": [version]}, current=True) \
+            .select("user_id", "factors")
         users = users.join(vecs, "user_id", "left")
     else:
         users = users.withColumn("factors", F.lit(None).cast("array<float>"))
@@ -254,9 +258,10 @@ def score(spark, lakehouse: str, *, k: int = DEFAULTS.k, model_version: int | No
         F.lit(version).cast("long").alias("model_version"),
         F.lit(now).cast("timestamp").alias("generated_at")).persist()
     try:
-        res = delta.write(spark, recs, lakehouse, RECOMMENDATIONS, mode="overwrite", txn=txn,
-                          metadata={"lakerec.model_version": version,
-                                    **{f"lakerec.input.{t}": v for t, v in inputs.items()}})
+        res = delta.replace_snapshot(
+            spark, recs, lakehouse, RECOMMENDATIONS, snapshot=snapshot, txn=txn,
+            metadata={"lakerec.model_version": version,
+                      **{f"lakerec.input.{t}": v for t, v in inputs.items()}})
         by_source = {r["source"]: r["count"] for r in recs.groupBy("source").count().collect()}
         n_users = recs.select("user_id").distinct().count()
     finally:

@@ -58,15 +58,17 @@ CONFIG_KEYS: Mapping[str, frozenset[str]] = {
                         "device", "similar", "holdout", "content_reg", "k"}),
     "generate": _DATASET | {"out"},
     "import_movielens": frozenset({"out"}),
-    "ingest": frozenset({"source", "catalog"}),
+    "ingest": frozenset({"source", "catalog", "dedup_horizon_days"}),
     "stream": _KAFKA | {"query_name", "checkpoint", "trigger_seconds", "starting_offsets",
-                        "max_offsets_per_trigger", "k", "max_restarts", "new_item_slots"},
+                        "max_offsets_per_trigger", "k", "max_restarts", "new_item_slots",
+                        "dedup_horizon_days"},
     "produce": _KAFKA,
     "broker": frozenset(),
     "demo": _DATASET | _TRAIN,
     "sql": frozenset(),
     "doctor": frozenset(),
     "restore": frozenset(),
+    "compact": frozenset(),
 }
 _ALL_KEYS = SHARED_KEYS.union(*CONFIG_KEYS.values())
 # Folders a job may never write to: the system's own (and all below them), and folders that

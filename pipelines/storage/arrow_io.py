@@ -75,6 +75,27 @@ def arrow_dataset(root: str, spec: TableSpec | str, version: int | None = None):
                       if spec.partition_by else None)
 
 
+def current_table(root: str, spec: TableSpec, version: int | None = None, *,
+                  where: str | None = None):
+    """The current rows of a merge-on-read table as Arrow, by DuckDB running
+    :meth:`~schemas.tables.TableSpec.current_sql` (the query analysts run).
+
+    ``where`` is a SQL condition on the current rows (``"user_id = 'u1'"``). Cost: a scan of
+    the snapshot's files; driver memory holds the result only.
+    """
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.register(spec.name, arrow_dataset(root, spec, version))
+        sql = spec.current_sql()
+        if where:
+            sql = f"SELECT * FROM ({sql}) AS c WHERE {where}"
+        return con.sql(sql).to_arrow_table().cast(spec.arrow_schema())
+    finally:
+        con.close()
+
+
 def _partition_groups(table, spec: TableSpec) -> list[tuple[dict, object]]:
     """Split an Arrow table by the spec's partition columns: ``[(values, rows), ...]``."""
     import pyarrow.compute as pc

@@ -12,7 +12,13 @@ Example
 True
 """
 
-from pipelines.storage.arrow_io import append_arrow, arrow_dataset, replace_rows_arrow, stage_arrow
+from pipelines.storage.arrow_io import (
+    append_arrow,
+    arrow_dataset,
+    current_table,
+    replace_rows_arrow,
+    stage_arrow,
+)
 from pipelines.storage.deltalog import (
     STAGING_DIR,
     BrokenTableError,
@@ -35,18 +41,20 @@ from pipelines.storage.deltalog import (
 )
 from pipelines.storage.spark_io import (
     conform,
+    current_rows,
     file_uri_to_relative,
     read,
     replace_rows,
+    replace_snapshot,
     stage,
     write,
 )
 
 __all__ = [
     "STAGING_DIR", "BrokenTableError", "CommitResult", "DeltaConflictError", "StagedWrite",
-    "TableMissingError",
-    "Txn", "UnsupportedTableError", "add_actions", "append_arrow", "arrow_dataset", "commit",
-    "conform", "done", "ensure_table", "exists", "file_uri_to_relative", "latest_version",
-    "open_table", "partition_values", "read", "replace_rows", "replace_rows_arrow", "stage",
-    "stage_arrow", "table_path", "txn_version", "write",
+    "TableMissingError", "Txn", "UnsupportedTableError", "add_actions", "append_arrow",
+    "arrow_dataset", "commit", "conform", "current_rows", "current_table", "done",
+    "ensure_table", "exists", "file_uri_to_relative", "latest_version", "open_table",
+    "partition_values", "read", "replace_rows", "replace_rows_arrow", "replace_snapshot",
+    "stage", "stage_arrow", "table_path", "txn_version", "write",
 ]

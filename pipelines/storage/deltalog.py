@@ -468,6 +468,13 @@ def _conflict(path: str, spec: TableSpec, read_version: int, latest: int, *, mod
             or ("remove" in a and a["remove"].get("dataChange", True))]
     if any("metaData" in a or "protocol" in a for a in changes):
         return "the table's schema or protocol changed"
+    if scope == "files":
+        # a snapshot rewrite of a merge-on-read table: rows appended since are newer and
+        # stay current; only a concurrent removal of a file it replaces makes it unsafe
+        ours = {r.path for r in removes}
+        gone = [a for a in changes if "remove" in a and unquote(a["remove"]["path"]) in ours]
+        return (f"commits {read_version + 1}..{latest} removed files this write replaces"
+                if gone else None)
     if not data:
         return None
     ops = sorted({str(a.get("commitInfo", {}).get("operation"))
@@ -510,9 +517,10 @@ def commit(staged: StagedWrite, *, snapshot, mode: str = "append",
         Files rewritten by this write (``mode="append"`` only).
     txn : Txn or list of Txn, optional
         Recorded with the commit; the write is skipped if they are already the table's latest.
-    conflict_scope : {"partition", "table"}
+    conflict_scope : {"partition", "table", "files"}
         ``table`` when the data written was computed from the whole table, so that any
-        concurrent data change makes it stale.
+        concurrent data change makes it stale; ``files`` for a rewrite of a merge-on-read
+        table's ``removes``, which concurrent appends (newer rows) do not make stale.
     retries : int
         Bounded re-commits after a concurrent commit that does not conflict.
     """

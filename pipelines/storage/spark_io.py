@@ -41,8 +41,18 @@ from pipelines.storage.deltalog import (
 from schemas.tables import TableSpec
 
 
+def current_rows(spark, df, spec: TableSpec):
+    """The current rows of a merge-on-read table read as ``df``: Spark runs the very query
+    :meth:`~schemas.tables.TableSpec.current_sql` documents for every engine.
+
+    Cost: one shuffle of ``df`` by the table's ``current_key``.
+    """
+    return spark.sql(spec.current_sql(source="{t}"), t=df)
+
+
 def read(spark, root: str, spec: TableSpec, *, version: int | None = None,
-         partitions: Mapping[str, Iterable] | None = None, with_file: bool = False):
+         partitions: Mapping[str, Iterable] | None = None, with_file: bool = False,
+         current: bool = False):
     """Read a table snapshot into a Spark DataFrame.
 
     Parameters
@@ -57,6 +67,8 @@ def read(spark, root: str, spec: TableSpec, *, version: int | None = None,
         Prune on the driver: ``{"dt": ["2024-05-01"]}`` keeps only those partitions.
     with_file : bool
         Add ``_file``, the URI of the Parquet file each row came from (for rewrites).
+    current : bool
+        Only the current rows of a merge-on-read table (:func:`current_rows`).
 
     Example
     -------
@@ -65,6 +77,11 @@ def read(spark, root: str, spec: TableSpec, *, version: int | None = None,
     """
     from pyspark.sql import functions as F
 
+    if current:
+        if with_file:
+            raise ValueError("current rows come from several files: no _file")
+        return current_rows(spark, read(spark, root, spec, version=version,
+                                        partitions=partitions), spec)
     dt = open_table(root, spec, version)
     check_schema(dt, spec)
     path = table_path(root, spec)
@@ -244,3 +261,32 @@ def replace_rows(spark, source, root: str, spec: TableSpec, *, on: Iterable[str]
         for df in (src, target, changed):
             if df is not None:
                 df.unpersist()
+
+
+def replace_snapshot(spark, df, root: str, spec: TableSpec, *, snapshot,
+                     txn: Txn | Iterable[Txn] | None = None,
+                     metadata: Mapping[str, str] | None = None) -> CommitResult:
+    """Replace every file of ``snapshot`` by ``df`` in one commit, keeping whatever was
+    appended since: the rewrite of a merge-on-read table (``score``'s new lists, compaction).
+
+    Rows appended after ``snapshot`` are newer than anything ``df`` was computed from, so they
+    stay and stay current; only a concurrent removal of a replaced file is a conflict
+    (``conflict_scope="files"``).
+
+    Cost: one Spark write of ``df``; the commit lists the snapshot's files.
+    """
+    import time as _time
+
+    from deltalake.transaction import RemoveAction
+
+    if not spec.merge_on_read:
+        raise ValueError(f"{spec.name} is not merge-on-read: use write(mode='overwrite')")
+    if done(snapshot, txn):
+        return skipped(spec, snapshot)
+    staged = stage(spark, df, root, spec)
+    now = int(_time.time() * 1000)
+    removes = [RemoveAction(path=a["path"], data_change=True, deletion_timestamp=now,
+                            size=a["size"], partition_values=a["partition"])
+               for a in add_actions(snapshot)]
+    return commit(staged, snapshot=snapshot, mode="append", removes=removes, txn=txn,
+                  metadata=metadata, conflict_scope="files")

@@ -6,7 +6,9 @@ download). Delta-style time travel works inside the query::
     SELECT count(*) FROM interactions VERSION AS OF 3
     SELECT * FROM recommendations TIMESTAMP AS OF '2024-06-30 12:00:00'
 
-or for a whole table with ``as_of={"interactions": 3}``. The engine cannot read or write
+or for a whole table with ``as_of={"interactions": 3}``. Each merge-on-read table also has a
+view of its current rows, ``current_recommendations`` and ``current_user_factors``, defined by
+:meth:`schemas.tables.TableSpec.current_sql` (the query every other engine runs too). The engine cannot read or write
 files on its own (``enable_external_access = false``): only the lakehouse tables are visible.
 
 Example
@@ -31,6 +33,8 @@ from pipelines.storage import delta
 from schemas.tables import TABLES
 
 log = logging.getLogger(__name__)
+
+CURRENT_PREFIX = "current_"  # current_recommendations: see TableSpec.current_sql
 
 _TRAVEL = re.compile(
     r"\b(?P<table>[A-Za-z_][A-Za-z0-9_]*)\s+(?P<kind>VERSION|TIMESTAMP)\s+AS\s+OF\s+"
@@ -111,14 +115,19 @@ def connect(lakehouse: str, as_of: Mapping[str, int] | None = None, sql: str = "
         raise UsageError(f"unknown table(s) in --as-of: {', '.join(sorted(unknown))}")
     sql, views = rewrite(sql, lakehouse)
     used = _referenced(sql)
+    # current_<table>: the current rows of a merge-on-read table, by the documented query
+    current = {CURRENT_PREFIX + n: n for n, t in TABLES.items() if t.merge_on_read}
+    wanted = {current[u] for u in used if u in current} if used is not None else set()
     con = duckdb.connect()
+    registered = set()
     for name in TABLES:
-        named = used is not None and name in used or name in as_of
+        named = used is not None and (name in used or name in wanted) or name in as_of
         if used is not None and not named:
             continue
         if os.path.isdir(os.path.join(delta.table_path(lakehouse, name), "_delta_log")):
             try:
                 _register(con, lakehouse, name, name, as_of.get(name))
+                registered.add(name)
             except delta.BrokenTableError as e:
                 if named:
                     raise
@@ -126,6 +135,11 @@ def connect(lakehouse: str, as_of: Mapping[str, int] | None = None, sql: str = "
                 log.warning("%s", e)
         elif name in as_of:
             raise UsageError(f"table {name} does not exist")
+    for view, table in current.items():
+        if table in registered:
+            con.execute(f"CREATE VIEW {view} AS {TABLES[table].current_sql()}")
+        elif view in (used or ()):
+            raise UsageError(f"table {table} does not exist")
     for view, (table, version) in views.items():
         if not os.path.isdir(os.path.join(delta.table_path(lakehouse, table), "_delta_log")):
             raise UsageError(f"table {table} does not exist")

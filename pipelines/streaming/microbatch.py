@@ -9,8 +9,11 @@
 3. refreshes every touched user (:func:`refresh`): solves the user's fold-in rule from their
    *full* history in ``interactions`` against the champion's trained item factors, and makes
    their list with :func:`pipelines.serving.policy.recommend` -- the function ``score`` runs
-   on the executors -- then replaces their rows of ``user_factors`` (``source = fold_in``)
-   and ``recommendations``.
+   on the executors -- then *appends* their new rows to ``user_factors`` (``source =
+   fold_in``) and ``recommendations``. Both tables are merge-on-read
+   (:meth:`schemas.tables.TableSpec.current_sql`): the latest row set of a user is current,
+   so a batch writes its users' rows and no file of anyone else's; ``lakerec compact``
+   folds the superseded rows away.
 
 **Exactly once.** Every commit carries the Delta transaction ``(lakerec.stream/<query>,
 batch_id)`` as a sequence (:meth:`pipelines.storage.deltalog.Txn.batch`), and each table is
@@ -42,7 +45,7 @@ from pipelines.serving import policy
 from pipelines.serving.model import ServingModel
 from pipelines.storage import delta
 from pipelines.streaming.checkpoint import app_id
-from schemas import EVENT_RULES, events
+from schemas import DEDUP_HORIZON_DAYS, EVENT_RULES, dedup_window, events
 from schemas.tables import (
     INTERACTIONS,
     ITEM_PLACEMENTS,
@@ -174,13 +177,23 @@ def split_records(checked, *, ingest_id: str, known: Mapping[str, str], now: _dt
     return inter, quar
 
 
-def _known_ids(lakehouse: str, ids: list[str]) -> dict[str, str]:
+def _known_ids(lakehouse: str, ids: list[str], day: _dt.date, horizon_days: int
+               ) -> dict[str, str]:
+    """``{event_id: ingest_id}`` of ``ids`` already in ``interactions`` within the dedup
+    horizon of ``day`` (:func:`schemas.dedup_window`).
+
+    Cost: the ``event_id`` and ``ingest_id`` columns of the partitions in the horizon (the
+    filter on ``dt`` prunes the others from the log, unread): what a few days' arrivals
+    weigh, whatever the table's size.
+    """
     import pyarrow.compute as pc
 
     if not ids or not delta.exists(lakehouse, INTERACTIONS):
         return {}
+    lo, hi = dedup_window([day], horizon_days)
+    near = (pc.field("dt") >= lo) & (pc.field("dt") <= hi)
     tbl = delta.arrow_dataset(lakehouse, INTERACTIONS).to_table(
-        columns=["event_id", "ingest_id"], filter=pc.field("event_id").isin(ids))
+        columns=["event_id", "ingest_id"], filter=near & pc.field("event_id").isin(ids))
     return dict(zip(tbl["event_id"].to_pylist(), tbl["ingest_id"].to_pylist(), strict=True))
 
 
@@ -236,6 +249,18 @@ class BatchReport:
     skipped: list = field(default_factory=list)
     model_version: int | None = None
     phases: dict = field(default_factory=dict)
+    io: dict = field(default_factory=dict)  # phase -> [bytes read, bytes written] by the driver
+
+
+def _io_bytes() -> tuple[int, int]:
+    """Bytes this process has read and written through system calls so far (Linux), page
+    cache hits included: what a phase's reads cost whether or not the disk served them."""
+    try:
+        with open("/proc/self/io") as f:
+            got = dict(line.split(": ") for line in f.read().splitlines())
+        return int(got["rchar"]), int(got["wchar"])
+    except (OSError, KeyError, ValueError):
+        return 0, 0
 
 
 @dataclass
@@ -246,6 +271,7 @@ class StreamContext:
     query: str
     k: int = DEFAULTS.k
     new_item_slots: int = DEFAULTS.new_item_slots
+    dedup_horizon_days: int = DEDUP_HORIZON_DAYS
     model_refresh_s: float = 30.0
     metrics_file: str | None = None
     checkpoint: str | None = None
@@ -326,12 +352,13 @@ def process_batch(ctx: StreamContext, df, batch_id: int) -> BatchReport:
     ingest_id = f"stream:{ctx.query}:{batch_id}"
     now = _dt.datetime.now(_dt.UTC)
     rep = BatchReport(int(batch_id))
-    mark = [t0]
+    mark = [t0, *_io_bytes()]
 
     def lap(name):
-        now_ = time.perf_counter()
+        now_, (r, w) = time.perf_counter(), _io_bytes()
         rep.phases[name] = round(now_ - mark[0], 3)
-        mark[0] = now_
+        rep.io[name] = [r - mark[1], w - mark[2]]
+        mark[:] = [now_, r, w]
 
     if ctx.checker is None:
         ctx.checker = record_checker()
@@ -341,8 +368,12 @@ def process_batch(ctx: StreamContext, df, batch_id: int) -> BatchReport:
     if rep.records == 0:
         return rep
     ids = [i for i in pc.unique(checked["event_id"]).to_pylist() if i is not None]
-    inter, quar = split_records(checked, ingest_id=ingest_id, known=_known_ids(lh, ids),
-                                now=now, day=now.date())
+    # the horizon is centred on the records' broker time, so that a replay (perhaps on
+    # another day) looks up exactly the partitions the first attempt did
+    latest = pc.max(checked["kafka_ts"]).as_py()
+    known = _known_ids(lh, ids, (latest or now).date(), ctx.dedup_horizon_days)
+    inter, quar = split_records(checked, ingest_id=ingest_id, known=known, now=now,
+                                day=now.date())
     rep.valid, rep.quarantined = inter.num_rows, quar.num_rows
     lap("dedup")
     meta = {"lakerec.ingest_id": ingest_id}
@@ -375,13 +406,12 @@ def process_batch(ctx: StreamContext, df, batch_id: int) -> BatchReport:
         if vectors:
             idx = _user_indexes(lh, list(vectors), txn, now)
             uf = _user_factor_rows(vectors, idx, model.version, now)
-            write(USER_FACTORS, lambda dt: delta.replace_rows_arrow(
-                lh, USER_FACTORS, uf, on=["model_version", "user_id"], txn=txn,
-                metadata=meta, snapshot=dt))
+            write(USER_FACTORS, lambda dt: delta.append_arrow(
+                lh, USER_FACTORS, uf, txn=txn, metadata=meta, snapshot=dt))
             lap("user_factors")
         recs = _recommendation_rows(rows, model.version, now)
-        write(RECOMMENDATIONS, lambda dt: delta.replace_rows_arrow(
-            lh, RECOMMENDATIONS, recs, on=["user_id"], txn=txn, metadata=meta, snapshot=dt))
+        write(RECOMMENDATIONS, lambda dt: delta.append_arrow(
+            lh, RECOMMENDATIONS, recs, txn=txn, metadata=meta, snapshot=dt))
         lap("recommendations")
     done = _dt.datetime.now(_dt.UTC)
     good = inter["ts"].to_pylist()

@@ -35,6 +35,7 @@ def start_query(spark, ctx: StreamContext, *, source_options: Mapping[str, str],
         topk.topk_block(np.zeros((1, model.index.factors.shape[1]), np.float32), model.index,
                         [np.zeros(0, np.int64)], 1)
     ctx.checker = record_checker()
+    _driver_workers_find_the_code(spark)
     spark.dataSource.register(KafkaSource)
     _, resume = latest_checkpoint_offsets(checkpoint)
     reader = spark.readStream.format(KafkaSource.name())
@@ -65,6 +66,23 @@ def start_query(spark, ctx: StreamContext, *, source_options: Mapping[str, str],
     # Python sources cannot honour Trigger.AvailableNow (Spark falls back to one uncapped
     # batch); `lakerec stream --available-now` stops at the end offsets itself instead.
     return writer.trigger(processingTime=f"{max(0.0, trigger_s)} seconds").start()
+
+
+def _driver_workers_find_the_code(spark) -> None:
+    """Let the Python workers Spark starts *on the driver* import ``pipelines``.
+
+    The Kafka source plans each batch's offsets in such a worker. With ``spark-submit
+    --py-files`` its path lists the files for the executors only, so add the folder or zip
+    this driver imports ``pipelines`` from to the workers' ``PYTHONPATH`` (on an executor
+    the extra entry is a path that may not exist: ignored).
+    """
+    import pipelines
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pipelines.__file__)))
+    env = spark.sparkContext.environment
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in paths:
+        env["PYTHONPATH"] = os.pathsep.join([*paths, root])
 
 
 def stop_after_batch(ctx: StreamContext, query, timeout_s: float = 600.0) -> None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from pipelines.errors import LakerecError, TransientError, UsageError
 from pipelines.model.card import DEFAULTS
+from schemas import DEDUP_HORIZON_DAYS
 
 log = logging.getLogger("lakerec.stream")
 
@@ -62,6 +63,7 @@ class StreamConfig:
     max_restarts: int = 5
     log_level: str | None = None
     new_item_slots: int = DEFAULTS.new_item_slots
+    dedup_horizon_days: int = DEDUP_HORIZON_DAYS
 
     def source_options(self) -> dict:
         opts = {"kafka.bootstrap.servers": self.bootstrap, "subscribe": self.topic,
@@ -153,6 +155,7 @@ def run(spark, cfg: StreamConfig) -> int:
     from pipelines.streaming.query import start_query, stop_after_batch
 
     ctx = StreamContext(cfg.lakehouse, cfg.query, k=cfg.k, new_item_slots=cfg.new_item_slots,
+                        dedup_horizon_days=cfg.dedup_horizon_days,
                         metrics_file=os.path.join(cfg.lakehouse, "_stream", cfg.query,
                                                   "batches.jsonl"))
     signalled: list[int] = []
