@@ -342,3 +342,23 @@ def test_failures_are_sorted_by_type_not_by_their_text():
     ctx.failure = OffsetOutOfRangeError("raised in this process")
     assert failure_of(RuntimeError("wrapped by Py4J"), ctx) == \
         ("fatal", "OffsetOutOfRangeError: raised in this process")
+
+
+def test_a_replayed_batch_indexes_users_its_first_attempt_did_not(lakehouse):
+    """A replay after a champion change folds in other users than the first attempt did:
+    the index commit of the batch is done, yet the missing users still get ids."""
+    from pipelines.storage import delta
+    from pipelines.streaming.microbatch import _user_indexes
+    from schemas.tables import USER_INDEX
+
+    now = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
+    txn = delta.Txn.batch("lakerec.stream/q", 4)
+    first = _user_indexes(lakehouse, ["a", "b"], txn, now)
+    assert first == {"a": 0, "b": 1}
+    version = delta.latest_version(lakehouse, USER_INDEX)
+    again = _user_indexes(lakehouse, ["b", "c"], txn, now)  # the replay
+    assert again == {"a": 0, "b": 1, "c": 2}
+    assert delta.latest_version(lakehouse, USER_INDEX) == version + 1
+    assert _user_indexes(lakehouse, ["a", "c"], txn, now) == again  # nothing new: no commit
+    assert delta.latest_version(lakehouse, USER_INDEX) == version + 1
+    assert delta.txn_version(delta.open_table(lakehouse, USER_INDEX), txn.app_id) == 4

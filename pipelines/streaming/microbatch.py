@@ -208,7 +208,13 @@ def user_history(lakehouse: str, users: list[str]):
 
 def _user_indexes(lakehouse: str, users: list[str], txn: delta.Txn, now: _dt.datetime,
                   attempts: int = 5) -> dict[str, int]:
-    """Indexes of ``users``, appending the missing ones (append-only, ids never move)."""
+    """Indexes of ``users``, appending the missing ones (append-only, ids never move).
+
+    A replayed batch whose index commit already landed may still meet users it lacks (a new
+    champion folds in other users): those are appended without the batch's transaction,
+    which is recorded already. Either way the append is idempotent: only missing ids are
+    added, read from the latest snapshot.
+    """
     import pyarrow as pa
 
     for attempt in range(1, attempts + 1):
@@ -217,7 +223,7 @@ def _user_indexes(lakehouse: str, users: list[str], txn: delta.Txn, now: _dt.dat
             columns=["user_id", "user_idx"])
         have = dict(zip(tbl["user_id"].to_pylist(), tbl["user_idx"].to_pylist(), strict=True))
         new = sorted(set(users) - set(have))
-        if not new or txn.done_in(dt):
+        if not new:
             return have
         start = (max(have.values()) + 1) if have else 0
         rows = pa.table({"user_id": new, "user_idx": pa.array(range(start, start + len(new)),
@@ -225,7 +231,8 @@ def _user_indexes(lakehouse: str, users: list[str], txn: delta.Txn, now: _dt.dat
                          "assigned_at": pa.array([now] * len(new), pa.timestamp("us", "UTC"))})
         try:
             delta.commit(delta.stage_arrow(rows, lakehouse, USER_INDEX), snapshot=dt,
-                         txn=txn, conflict_scope="table", retries=0,
+                         txn=None if txn.done_in(dt) else txn, conflict_scope="table",
+                         retries=0,
                          metadata={"lakerec.new_ids": len(new)})
         except delta.DeltaConflictError:
             if attempt == attempts:
