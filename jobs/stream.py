@@ -107,6 +107,10 @@ def parse(argv: list[str] | None) -> StreamConfig:
                    help="places per list reserved for items placed by their text (1; 0 = none)")
     p.add_argument("--dedup-horizon-days",
                    help="look duplicate event ids up this many days back (7)")
+    p.add_argument("--state-dir",
+                   help="folder of the keyed state (users' histories and indexes, rebuilt "
+                        "from the tables when missing); a local disk of the driver "
+                        "(default <lakehouse>/_stream/<query>/state)")
     p.add_argument("--max-restarts", default=None,
                    help="restarts after a transient failure such as a broker outage "
                         "(default 5)")
@@ -118,6 +122,9 @@ def parse(argv: list[str] | None) -> StreamConfig:
     checkpoint = s.check_writable(
         s.get("checkpoint", flag=args.checkpoint, default=s.path("_checkpoints", query)),
         "--checkpoint")
+    state_dir = s.check_writable(
+        s.get("state_dir", flag=args.state_dir, default=s.path("_stream", query, "state")),
+        "--state-dir")
     trigger = s.get("trigger_seconds", flag=args.trigger_seconds, default=1.0,
                     cast=nonneg_float)
     cfg = StreamConfig(
@@ -133,7 +140,8 @@ def parse(argv: list[str] | None) -> StreamConfig:
         s.get("new_item_slots", flag=args.new_item_slots, default=DEFAULTS.new_item_slots,
               cast=nonneg_int),
         s.get("dedup_horizon_days", flag=args.dedup_horizon_days,
-              default=DEDUP_HORIZON_DAYS, cast=nonneg_int))
+              default=DEDUP_HORIZON_DAYS, cast=nonneg_int),
+        state_dir)
     try:
         SourceOptions.parse(cfg.source_options())
     except KafkaConfigError as e:

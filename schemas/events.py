@@ -12,7 +12,10 @@ An event's contribution to the confidence of its user-item pair is
     r_e = value_e            for a type whose value is the weight (``rating``)
     r_e = weights[type_e]    otherwise (0 for a type missing from ``weights``)
 
-and a pair's ``r_ui`` is the sum over its events (:func:`event_r`).
+and a pair's ``r_ui`` is the sum over its events (:func:`event_r`). Being linear in each
+type's events, it is also a function of per-type sufficient statistics -- the number of
+events ``n`` and the sum of their values ``total`` -- which is how the stream keeps a user's
+history (:func:`pair_r`): ``r = total`` for a valued type, ``n * weights[type]`` otherwise.
 
 Example
 -------
@@ -119,6 +122,28 @@ def event_r(event_type, value, weights: Mapping[str, float]):
     for t in valued_types():
         m = et == t.name
         r[m] = vals[m]
+    return r
+
+
+def pair_r(event_type, n, total, weights: Mapping[str, float]):
+    """``r`` of (user, item, type) groups from their event count ``n`` and value sum ``total``.
+
+    Equal to the sum of :func:`event_r` over the group's events (a test holds the two to the
+    same numbers): the stream's history keeps these two numbers per group instead of every
+    event.
+    """
+    import numpy as np
+
+    et = np.asarray(event_type, dtype=object)
+    cnt = np.asarray(n, dtype=np.float64) if len(et) else np.zeros(0)
+    r = np.zeros(len(et), np.float64)
+    for name, w in weights.items():
+        m = et == name
+        r[m] = float(w) * cnt[m]
+    tot = np.asarray(total, dtype=np.float64) if len(et) else np.zeros(0)
+    for t in valued_types():
+        m = et == t.name
+        r[m] = tot[m]
     return r
 
 

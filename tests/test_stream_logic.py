@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import numpy as np
 import pandas as pd
@@ -349,16 +350,21 @@ def test_a_replayed_batch_indexes_users_its_first_attempt_did_not(lakehouse):
     the index commit of the batch is done, yet the missing users still get ids."""
     from pipelines.storage import delta
     from pipelines.streaming.microbatch import _user_indexes
+    from pipelines.streaming.state import KeyedState
     from schemas.tables import USER_INDEX
 
+    state = KeyedState.open(os.path.join(lakehouse, "_state_test"))
     now = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
     txn = delta.Txn.batch("lakerec.stream/q", 4)
-    first = _user_indexes(lakehouse, ["a", "b"], txn, now)
+    first = _user_indexes(lakehouse, state, ["a", "b"], txn, now)
     assert first == {"a": 0, "b": 1}
     version = delta.latest_version(lakehouse, USER_INDEX)
-    again = _user_indexes(lakehouse, ["b", "c"], txn, now)  # the replay
-    assert again == {"a": 0, "b": 1, "c": 2}
+    again = _user_indexes(lakehouse, state, ["b", "c"], txn, now)  # the replay
+    assert again == {"b": 1, "c": 2}
     assert delta.latest_version(lakehouse, USER_INDEX) == version + 1
-    assert _user_indexes(lakehouse, ["a", "c"], txn, now) == again  # nothing new: no commit
+    # nothing new: no commit; a state rebuilt from the table agrees
+    fresh = KeyedState.open(os.path.join(lakehouse, "_state_fresh"))
+    for st in (state, fresh):
+        assert _user_indexes(lakehouse, st, ["a", "c"], txn, now) == {"a": 0, "c": 2}
     assert delta.latest_version(lakehouse, USER_INDEX) == version + 1
     assert delta.txn_version(delta.open_table(lakehouse, USER_INDEX), txn.app_id) == 4

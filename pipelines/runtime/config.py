@@ -61,7 +61,7 @@ CONFIG_KEYS: Mapping[str, frozenset[str]] = {
     "ingest": frozenset({"source", "catalog", "dedup_horizon_days"}),
     "stream": _KAFKA | {"query_name", "checkpoint", "trigger_seconds", "starting_offsets",
                         "max_offsets_per_trigger", "k", "max_restarts", "new_item_slots",
-                        "dedup_horizon_days"},
+                        "dedup_horizon_days", "state_dir"},
     "produce": _KAFKA,
     "broker": frozenset(),
     "demo": _DATASET | _TRAIN,

@@ -23,6 +23,7 @@ from pipelines.storage.deltalog import (
     STAGING_DIR,
     BrokenTableError,
     CommitResult,
+    DataChanges,
     DeltaConflictError,
     StagedWrite,
     TableMissingError,
@@ -30,6 +31,7 @@ from pipelines.storage.deltalog import (
     UnsupportedTableError,
     add_actions,
     commit,
+    data_changes,
     done,
     ensure_table,
     exists,
@@ -51,10 +53,10 @@ from pipelines.storage.spark_io import (
 )
 
 __all__ = [
-    "STAGING_DIR", "BrokenTableError", "CommitResult", "DeltaConflictError", "StagedWrite",
-    "TableMissingError", "Txn", "UnsupportedTableError", "add_actions", "append_arrow",
-    "arrow_dataset", "commit", "conform", "current_rows", "current_table", "done",
-    "ensure_table", "exists", "file_uri_to_relative", "latest_version", "open_table",
-    "partition_values", "read", "replace_rows", "replace_rows_arrow", "replace_snapshot",
-    "stage", "stage_arrow", "table_path", "txn_version", "write",
+    "STAGING_DIR", "BrokenTableError", "CommitResult", "DataChanges", "DeltaConflictError",
+    "StagedWrite", "TableMissingError", "Txn", "UnsupportedTableError", "add_actions",
+    "append_arrow", "arrow_dataset", "commit", "conform", "current_rows", "current_table",
+    "data_changes", "done", "ensure_table", "exists", "file_uri_to_relative", "latest_version",
+    "open_table", "partition_values", "read", "replace_rows", "replace_rows_arrow",
+    "replace_snapshot", "stage", "stage_arrow", "table_path", "txn_version", "write",
 ]

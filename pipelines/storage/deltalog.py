@@ -460,6 +460,34 @@ def _log_changes(path: str, after: int, upto: int) -> list[dict]:
     return out
 
 
+@dataclass(frozen=True)
+class DataChanges:
+    """What commits ``after+1 .. upto`` did to a table's rows (:func:`data_changes`)."""
+
+    added: tuple[str, ...]  # relative paths (unquoted) of the files added with dataChange
+    removed_data: bool  # whether any commit removed rows (a delete, overwrite or restore)
+    schema_changed: bool
+
+
+def data_changes(root: str, spec: TableSpec | str, after: int, upto: int) -> DataChanges | None:
+    """The data-changing actions of commits ``after+1 .. upto``, read from their log files,
+    or ``None`` when one of those files is gone (the log was cleaned up past ``after``).
+
+    Files added or removed with ``dataChange = false`` (compaction, ``optimize``) move rows
+    without changing them, and are not reported. Cost: the commit files of the range.
+    """
+    try:
+        changes = _log_changes(table_path(root, spec), after, upto)
+    except FileNotFoundError:
+        return None
+    return DataChanges(
+        added=tuple(unquote(a["add"]["path"]) for a in changes
+                    if "add" in a and a["add"].get("dataChange", True)),
+        removed_data=any("remove" in a and a["remove"].get("dataChange", True)
+                         for a in changes),
+        schema_changed=any("metaData" in a or "protocol" in a for a in changes))
+
+
 def _conflict(path: str, spec: TableSpec, read_version: int, latest: int, *, mode: str,
               partition: Mapping | None, removes: list, scope: str) -> str | None:
     """Why retrying this commit on top of ``latest`` would be unsafe, or ``None`` if safe."""

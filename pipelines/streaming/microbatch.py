@@ -7,13 +7,17 @@
 2. splits it (:func:`split_records`): bad records and duplicates go to ``quarantine`` with
    ``kafka://topic/partition/offset`` and the reason, valid new events to ``interactions``;
 3. refreshes every touched user (:func:`refresh`): solves the user's fold-in rule from their
-   *full* history in ``interactions`` against the champion's trained item factors, and makes
-   their list with :func:`pipelines.serving.policy.recommend` -- the function ``score`` runs
-   on the executors -- then *appends* their new rows to ``user_factors`` (``source =
+   *full* history against the champion's trained item factors, and makes their list with
+   :func:`pipelines.serving.policy.recommend` -- the function ``score`` runs on the
+   executors -- then *appends* their new rows to ``user_factors`` (``source =
    fold_in``) and ``recommendations``. Both tables are merge-on-read
    (:meth:`schemas.tables.TableSpec.current_sql`): the latest row set of a user is current,
    so a batch writes its users' rows and no file of anyone else's; ``lakerec compact``
-   folds the superseded rows away.
+   folds the superseded rows away. The history and the users' indexes come from the
+   query's :class:`~pipelines.streaming.state.KeyedState`, caught up from the tables' logs
+   each batch, so a batch reads and writes in proportion to itself: the event ids of the
+   dedup horizon's partitions, the files committed since the last batch, its users' keyed
+   rows, and one new file per table.
 
 **Exactly once.** Every commit carries the Delta transaction ``(lakerec.stream/<query>,
 batch_id)`` as a sequence (:meth:`pipelines.storage.deltalog.Txn.batch`), and each table is
@@ -45,6 +49,7 @@ from pipelines.serving import policy
 from pipelines.serving.model import ServingModel
 from pipelines.storage import delta
 from pipelines.streaming.checkpoint import app_id
+from pipelines.streaming.state import KeyedState, aggregate_history
 from schemas import DEDUP_HORIZON_DAYS, EVENT_RULES, dedup_window, events
 from schemas.tables import (
     INTERACTIONS,
@@ -66,14 +71,18 @@ def refresh(model: ServingModel, history, users: list[str], *, k: int, new_item_
     """Fold in ``users`` from their full ``history`` and make their lists.
 
     Each user's pairs ``r_ui`` are summed by the event rule of :mod:`schemas.events` with the
-    model's weights, solved by the model's fold-in rule against its trained factors in one
+    model's weights (:func:`schemas.events.pair_r` of the per-type statistics), solved by the
+    model's fold-in rule against its trained factors in one
     :func:`pipelines.model.als.fold_in_many` call (items placed from text are seen, never
     part of the solve), and ranked by :func:`pipelines.serving.policy.recommend`.
 
     Parameters
     ----------
     history : pandas.DataFrame
-        ``user_id, item_id, event_type, value``: every interaction of these users.
+        These users' whole history: either their statistics ``user_id, item_id, event_type,
+        n, total`` (:meth:`pipelines.streaming.state.KeyedState.history`) or their events
+        ``user_id, item_id, event_type, value``, aggregated first by
+        :func:`pipelines.streaming.state.aggregate_history`.
 
     Returns
     -------
@@ -88,9 +97,11 @@ def refresh(model: ServingModel, history, users: list[str], *, k: int, new_item_
     users = sorted(set(users))
     weights = model.card.weights if model.card else events.default_weights()
     h = history[history["user_id"].isin(users)]
+    if "n" not in h.columns:
+        h = aggregate_history(h)
     pairs = pd.DataFrame({"user_id": h["user_id"].to_numpy(), "item_id": h["item_id"].to_numpy(),
-                          "r": events.event_r(h["event_type"].to_numpy(), h["value"].to_numpy(),
-                                              weights)}) \
+                          "r": events.pair_r(h["event_type"].to_numpy(), h["n"].to_numpy(),
+                                             h["total"].to_numpy(), weights)}) \
         .groupby(["user_id", "item_id"], sort=True)["r"].sum().reset_index()
     code = pd.Categorical(pairs["user_id"], categories=users).codes.astype(np.int64)
     row = pairs["item_id"].map(model.row)
@@ -198,7 +209,12 @@ def _known_ids(lakehouse: str, ids: list[str], day: _dt.date, horizon_days: int
 
 
 def user_history(lakehouse: str, users: list[str]):
-    """Every interaction of ``users`` (pandas: user_id, item_id, event_type, value)."""
+    """Every interaction of ``users`` (pandas: user_id, item_id, event_type, value).
+
+    Cost: a scan of ``interactions`` (its ``user_id`` column, then the matching rows): the
+    reference the tests hold :class:`~pipelines.streaming.state.KeyedState` to, not a path
+    of the stream.
+    """
     import pyarrow.compute as pc
 
     return delta.arrow_dataset(lakehouse, INTERACTIONS).to_table(
@@ -206,26 +222,29 @@ def user_history(lakehouse: str, users: list[str]):
         filter=pc.field("user_id").isin(users)).to_pandas()
 
 
-def _user_indexes(lakehouse: str, users: list[str], txn: delta.Txn, now: _dt.datetime,
-                  attempts: int = 5) -> dict[str, int]:
+def _user_indexes(lakehouse: str, state: KeyedState, users: list[str], txn: delta.Txn,
+                  now: _dt.datetime, attempts: int = 5) -> dict[str, int]:
     """Indexes of ``users``, appending the missing ones (append-only, ids never move).
 
-    A replayed batch whose index commit already landed may still meet users it lacks (a new
-    champion folds in other users): those are appended without the batch's transaction,
-    which is recorded already. Either way the append is idempotent: only missing ids are
-    added, read from the latest snapshot.
+    The lookup is the keyed state's, caught up with ``user_index`` to the snapshot the
+    append is based on, so a concurrent assignment of the same ids fails the commit (scope
+    ``table``) and is retried on the newer snapshot. A replayed batch whose index commit
+    already landed may still meet users it lacks (a new champion folds in other users):
+    those are appended without the batch's transaction, which is recorded already. Either
+    way the append is idempotent: only missing ids are added.
+
+    Cost: ``O(users log n)`` lookups plus the ``user_index`` commits since the last batch.
     """
     import pyarrow as pa
 
     for attempt in range(1, attempts + 1):
         dt = delta.ensure_table(lakehouse, USER_INDEX)
-        tbl = delta.arrow_dataset(lakehouse, USER_INDEX, dt.version()).to_table(
-            columns=["user_id", "user_idx"])
-        have = dict(zip(tbl["user_id"].to_pylist(), tbl["user_idx"].to_pylist(), strict=True))
+        state.sync(lakehouse, [USER_INDEX], {USER_INDEX.name: dt})
+        have = state.user_indexes(users)
         new = sorted(set(users) - set(have))
         if not new:
             return have
-        start = (max(have.values()) + 1) if have else 0
+        start = state.next_user_idx()
         rows = pa.table({"user_id": new, "user_idx": pa.array(range(start, start + len(new)),
                                                                 pa.int32()),
                          "assigned_at": pa.array([now] * len(new), pa.timestamp("us", "UTC"))})
@@ -280,6 +299,7 @@ class StreamContext:
     new_item_slots: int = DEFAULTS.new_item_slots
     dedup_horizon_days: int = DEDUP_HORIZON_DAYS
     model_refresh_s: float = 30.0
+    state_dir: str | None = None  # the keyed state's folder; None: <lakehouse>/_stream/<query>/state
     metrics_file: str | None = None
     checkpoint: str | None = None
     failure: BaseException | None = None  # what the last failed batch raised, as raised
@@ -287,6 +307,7 @@ class StreamContext:
     model_checked: float = 0.0
     model_stamp: tuple | None = None  # (champion version, item_placements version) of ``model``
     checker: object = None  # record_checker(), built by start_query (or the first batch)
+    state: KeyedState | None = None  # opened and caught up by keyed_state()
     reports: list = field(default_factory=list)
     stop_requested: threading.Event = field(default_factory=threading.Event)
     busy: threading.Lock = field(default_factory=threading.Lock)
@@ -310,6 +331,20 @@ class StreamContext:
                 self.model_stamp = stamp
             self.model_checked = now
         return self.model
+
+
+    def keyed_state(self) -> KeyedState:
+        """The query's :class:`~pipelines.streaming.state.KeyedState`, opened once (and
+        rebuilt from the tables if it is new or stale)."""
+        if self.state is None:
+            import os
+
+            folder = self.state_dir or os.path.join(self.lakehouse, "_stream", self.query,
+                                                    "state")
+            self.state = KeyedState.open(folder)
+            done = self.state.sync(self.lakehouse)
+            log.info("keyed state %s: %s", self.state.path, done)
+        return self.state
 
 
 def record_checker():
@@ -405,13 +440,15 @@ def process_batch(ctx: StreamContext, df, batch_id: int) -> BatchReport:
     if users:
         model = ctx.serving_model(df.sparkSession)
         rep.model_version = model.version
-        history = user_history(lh, users)
+        state = ctx.keyed_state()
+        state.sync(lh, [INTERACTIONS])  # this batch's rows and any other writer's since
+        history = state.history(users)
         lap("history")
         vectors, rows = refresh(model, history, users, k=ctx.k,
                                 new_item_slots=ctx.new_item_slots)
         lap("fold-in+top-k")
         if vectors:
-            idx = _user_indexes(lh, list(vectors), txn, now)
+            idx = _user_indexes(lh, state, list(vectors), txn, now)
             uf = _user_factor_rows(vectors, idx, model.version, now)
             write(USER_FACTORS, lambda dt: delta.append_arrow(
                 lh, USER_FACTORS, uf, txn=txn, metadata=meta, snapshot=dt))

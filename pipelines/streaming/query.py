@@ -29,12 +29,13 @@ def start_query(spark, ctx: StreamContext, *, source_options: Mapping[str, str],
     check_checkpoint(ctx.lakehouse, ctx.query, checkpoint)
     ctx.checkpoint = checkpoint
     # before the first batch, so that it is not slower than the rest: the serving model,
-    # the compiled kernel, the validation expressions
+    # the compiled kernel, the validation expressions, the keyed state
     model = ctx.serving_model(spark)
     if model.index is not None:
         topk.topk_block(np.zeros((1, model.index.factors.shape[1]), np.float32), model.index,
                         [np.zeros(0, np.int64)], 1)
     ctx.checker = record_checker()
+    ctx.keyed_state()  # a new or stale state is rebuilt from the tables here, once
     _driver_workers_find_the_code(spark)
     spark.dataSource.register(KafkaSource)
     _, resume = latest_checkpoint_offsets(checkpoint)

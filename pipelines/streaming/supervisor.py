@@ -64,6 +64,7 @@ class StreamConfig:
     log_level: str | None = None
     new_item_slots: int = DEFAULTS.new_item_slots
     dedup_horizon_days: int = DEDUP_HORIZON_DAYS
+    state_dir: str | None = None  # None: <lakehouse>/_stream/<query>/state
 
     def source_options(self) -> dict:
         opts = {"kafka.bootstrap.servers": self.bootstrap, "subscribe": self.topic,
@@ -155,7 +156,7 @@ def run(spark, cfg: StreamConfig) -> int:
     from pipelines.streaming.query import start_query, stop_after_batch
 
     ctx = StreamContext(cfg.lakehouse, cfg.query, k=cfg.k, new_item_slots=cfg.new_item_slots,
-                        dedup_horizon_days=cfg.dedup_horizon_days,
+                        dedup_horizon_days=cfg.dedup_horizon_days, state_dir=cfg.state_dir,
                         metrics_file=os.path.join(cfg.lakehouse, "_stream", cfg.query,
                                                   "batches.jsonl"))
     signalled: list[int] = []
