@@ -175,7 +175,7 @@ def run_rate(lh, bootstrap, rate, seconds, users, items):
                                                        prefix=f"warm-{topic}-{w}"))
         p.close()
         warm += WARM_RECORDS
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600  # the first start rebuilds the keyed state
         while sum(b["records"] for b in batches(metrics)) < warm:
             if time.monotonic() > deadline:
                 stream.kill()
