@@ -460,6 +460,12 @@ def _log_changes(path: str, after: int, upto: int) -> list[dict]:
     return out
 
 
+def _changes_data(action: dict) -> bool:
+    """Whether a log action adds or removes rows (not a compaction's ``dataChange=false``)."""
+    act = action.get("add") or action.get("remove")
+    return act is not None and act.get("dataChange", True)
+
+
 @dataclass(frozen=True)
 class DataChanges:
     """What commits ``after+1 .. upto`` did to a table's rows (:func:`data_changes`)."""
@@ -480,11 +486,10 @@ def data_changes(root: str, spec: TableSpec | str, after: int, upto: int) -> Dat
         changes = _log_changes(table_path(root, spec), after, upto)
     except FileNotFoundError:
         return None
+    data = [a for a in changes if _changes_data(a)]
     return DataChanges(
-        added=tuple(unquote(a["add"]["path"]) for a in changes
-                    if "add" in a and a["add"].get("dataChange", True)),
-        removed_data=any("remove" in a and a["remove"].get("dataChange", True)
-                         for a in changes),
+        added=tuple(unquote(a["add"]["path"]) for a in data if "add" in a),
+        removed_data=any("remove" in a for a in data),
         schema_changed=any("metaData" in a or "protocol" in a for a in changes))
 
 
@@ -492,8 +497,7 @@ def _conflict(path: str, spec: TableSpec, read_version: int, latest: int, *, mod
               partition: Mapping | None, removes: list, scope: str) -> str | None:
     """Why retrying this commit on top of ``latest`` would be unsafe, or ``None`` if safe."""
     changes = _log_changes(path, read_version, latest)
-    data = [a for a in changes if ("add" in a and a["add"].get("dataChange", True))
-            or ("remove" in a and a["remove"].get("dataChange", True))]
+    data = [a for a in changes if _changes_data(a)]
     if any("metaData" in a or "protocol" in a for a in changes):
         return "the table's schema or protocol changed"
     if scope == "files":

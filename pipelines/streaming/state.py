@@ -36,6 +36,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -257,20 +258,15 @@ class KeyedState:
                             [(f"{spec.name}.version", str(version)),
                              (f"{spec.name}.id", str(table_id))])
 
+    @contextlib.contextmanager
     def _transaction(self):
-        import contextlib
-
-        @contextlib.contextmanager
-        def tx():
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
-        return tx()
-
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
 def _chunks(keys: list[str]):
     for i in range(0, len(keys), _CHUNK):
