@@ -1,4 +1,5 @@
-"""The stream's history lookup at two table sizes: a scan of ``interactions`` vs the keyed state.
+"""The stream's history and dedup lookups at two table sizes: reads of ``interactions`` vs
+the keyed state.
 
     python bench/keyed_state.py [--sizes 1000000,10000000] [--users-per-event 0.02]
                                 [--batch-users 600] [--batches 30]
@@ -7,9 +8,13 @@ For each size an ``interactions`` table of that many events (30 days) is
 written with the stream's own writer (users uniform, ~50 events each); then, batch after batch, one new batch of events is
 appended (as the stream does) and the touched users' history is read both ways: the old
 scan (:func:`pipelines.streaming.microbatch.user_history`) and the keyed state (catch up
-with the new commit, then look the users up). Prints the state's one-off rebuild, and per
-size the median milliseconds and bytes read (``/proc/self/io``) of each way, with the
-large/small ratios side by side.
+with the new commit, then look the users up); then the batch's event ids (plus copies of
+earlier events, about a tenth) are deduplicated both ways: the read of the 7-day horizon's
+partitions (:func:`pipelines.streaming.microbatch._known_ids` without a state) and the
+state's id window. Both ways are checked to give the same answer. Prints the state's
+one-off rebuild, and per size the median milliseconds and bytes read (``/proc/self/io``) of
+each way, with the large/small ratios side by side. The table's last days are the batches'
+dedup horizon: at 10x the events a day holds 10x the arrivals, as a busier stream's would.
 """
 
 from __future__ import annotations
@@ -59,8 +64,9 @@ def events(rng, n: int, users: int, items: int, tag: str, day0: int = 0, days: i
 
 def measure(size: int, args, rng) -> dict:
     from pipelines.storage import delta
-    from pipelines.streaming.microbatch import user_history
+    from pipelines.streaming.microbatch import _known_ids, user_history
     from pipelines.streaming.state import KeyedState
+    from schemas import DEDUP_HORIZON_DAYS
     from schemas.tables import INTERACTIONS
 
     users, items = max(1000, int(size * args.users_per_event)), 20000
@@ -70,31 +76,48 @@ def measure(size: int, args, rng) -> dict:
         for k in range(0, size, step):  # in daily-ingest-like commits
             delta.append_arrow(lh, INTERACTIONS, events(rng, min(step, size - k), users, items,
                                                         f"seed{k}"))
+        today = (T0 + dt.timedelta(days=30)).date()  # the batches' day
         t = time.perf_counter()
-        state = KeyedState.open(os.path.join(lh, "_state"))
-        state.sync(lh, [INTERACTIONS])
+        # the stream's id window: the horizon before today, and one day more
+        state = KeyedState.open(os.path.join(lh, "_state"), id_days=DEDUP_HORIZON_DAYS + 1)
+        state.sync(lh, [INTERACTIONS], today=today)
         rebuild_s = time.perf_counter() - t
         state_mb = os.path.getsize(state.path) / 2**20
-        scan_ms, scan_b, st_ms, st_b = [], [], [], []
+        m = {k: [] for k in ("scan_ms", "scan_b", "st_ms", "st_b", "dscan_ms", "dscan_b",
+                             "dst_ms", "dst_b", "hits")}
+
+        def timed(ms, b, fn, *a, **kw):
+            r, t = _rchar(), time.perf_counter()
+            out = fn(*a, **kw)
+            m[ms].append(1e3 * (time.perf_counter() - t))
+            m[b].append(_rchar() - r)
+            return out
+
         for b in range(args.batches):
             batch = events(rng, args.batch_users, users, items, f"b{b}", day0=30, days=1)
             delta.append_arrow(lh, INTERACTIONS, batch)
             who = sorted(set(batch["user_id"].to_pylist()))
-            r, t = _rchar(), time.perf_counter()
-            state.sync(lh, [INTERACTIONS])
-            got = state.history(who)
-            st_ms.append(1e3 * (time.perf_counter() - t))
-            st_b.append(_rchar() - r)
-            r, t = _rchar(), time.perf_counter()
-            raw = user_history(lh, who)
-            scan_ms.append(1e3 * (time.perf_counter() - t))
-            scan_b.append(_rchar() - r)
+            got = timed("st_ms", "st_b", lambda users: (
+                state.sync(lh, [INTERACTIONS], today=today), state.history(users))[1], who)
+            raw = timed("scan_ms", "scan_b", user_history, lh, who)
             assert got["n"].sum() == len(raw)  # the same events, both ways
+            # the next batch's ids, and copies of earlier events (some inside the horizon)
+            ids = [f"next{b}-{j}" for j in range(args.batch_users)] + \
+                [f"seed{step * int(rng.integers(0, max(1, size // step)))}-"
+                 f"{int(rng.integers(0, min(step, size)))}" for _ in range(args.batch_users // 10)]
+            known = timed("dst_ms", "dst_b", _known_ids, lh, ids, today, DEDUP_HORIZON_DAYS,
+                          state=state, today=today)
+            want = timed("dscan_ms", "dscan_b", _known_ids, lh, ids, today, DEDUP_HORIZON_DAYS)
+            assert known == want  # the same duplicates, both ways
+            m["hits"].append(len(known))
         state.close()
+        med = {k: float(np.median(v)) for k, v in m.items()}
         return {"events": size, "users": users, "rebuild_s": rebuild_s, "state_mb": state_mb,
-                "scan_ms": float(np.median(scan_ms)), "scan_mb": float(np.median(scan_b)) / 2**20,
-                "state_ms": float(np.median(st_ms)), "state_mb_read":
-                    float(np.median(st_b)) / 2**20}
+                "scan_ms": med["scan_ms"], "scan_mb": med["scan_b"] / 2**20,
+                "state_ms": med["st_ms"], "state_mb_read": med["st_b"] / 2**20,
+                "dscan_ms": med["dscan_ms"], "dscan_mb": med["dscan_b"] / 2**20,
+                "dstate_ms": med["dst_ms"], "dstate_mb": med["dst_b"] / 2**20,
+                "hits": med["hits"]}
     finally:
         shutil.rmtree(lh, ignore_errors=True)
 
@@ -109,18 +132,24 @@ def main(argv=None) -> int:
     print(machine())
     rng = np.random.default_rng(7)
     rows = [measure(int(s), args, rng) for s in args.sizes.split(",")]
-    print(f"{'events':>11} {'users':>8} {'rebuild':>9} {'state':>8} | {'scan ms':>8} "
-          f"{'scan MiB':>9} | {'state ms':>8} {'state MiB':>9}")
+    print(f"{'events':>11} {'users':>8} {'rebuild':>9} {'state':>8} | history: {'scan ms':>8} "
+          f"{'MiB':>7} {'state ms':>8} {'MiB':>7} | dedup: {'scan ms':>8} {'MiB':>7} "
+          f"{'state ms':>8} {'MiB':>7} {'dups':>5}")
     for r in rows:
         print(f"{r['events']:>11,} {r['users']:>8,} {r['rebuild_s']:>8.1f}s {r['state_mb']:>6.0f}MB"
-              f" | {r['scan_ms']:>8.1f} {r['scan_mb']:>9.2f} | {r['state_ms']:>8.1f} "
-              f"{r['state_mb_read']:>9.3f}")
+              f" |          {r['scan_ms']:>8.1f} {r['scan_mb']:>7.2f} {r['state_ms']:>8.1f} "
+              f"{r['state_mb_read']:>7.3f} |        {r['dscan_ms']:>8.1f} {r['dscan_mb']:>7.2f} "
+              f"{r['dstate_ms']:>8.1f} {r['dstate_mb']:>7.3f} {r['hits']:>5.0f}")
     if len(rows) == 2:
         a, b = rows
-        print(f"ratio large/small: scan {b['scan_ms'] / a['scan_ms']:.2f}x time, "
-              f"{b['scan_mb'] / max(a['scan_mb'], 1e-9):.2f}x bytes; keyed state "
-              f"{b['state_ms'] / a['state_ms']:.2f}x time, "
-              f"{b['state_mb_read'] / max(a['state_mb_read'], 1e-9):.2f}x bytes")
+
+        def x(k):
+            return f"{b[k] / max(a[k], 1e-9):.2f}x"
+
+        print(f"ratio large/small: history scan {x('scan_ms')} time, {x('scan_mb')} bytes; "
+              f"keyed state {x('state_ms')} time, {x('state_mb_read')} bytes")
+        print(f"ratio large/small: dedup read of the horizon {x('dscan_ms')} time, "
+              f"{x('dscan_mb')} bytes; keyed state {x('dstate_ms')} time, {x('dstate_mb')} bytes")
     return 0
 
 

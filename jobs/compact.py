@@ -1,13 +1,15 @@
-"""lakerec compact: fold the stream's superseded rows out of the merge-on-read tables.
+"""lakerec compact: fold the stream's superseded rows away and pack its small files.
 
-    lakerec compact [--table recommendations|user_factors]
+    lakerec compact [--table TABLE ...]
     spark-submit jobs/compact.py  (same arguments)
 
 ``recommendations`` and ``user_factors`` take each micro-batch's refreshed rows as an append;
 readers pick each user's latest rows (``current_recommendations``). Compaction rewrites the
 table as those current rows only, in few large files sorted by user, in one commit that keeps
-what the stream appends meanwhile. Run it in the DAG (after ``score``) and, while the stream
-runs, every hour or so: the stream adds one file per batch.
+what the stream appends meanwhile. The append-only tables the stream writes (``interactions``,
+``quarantine``, ``user_index``) get their small files packed, partition by partition, rows
+unchanged. Run it in the DAG (after ``score``) and, while the stream runs, every hour or so:
+the stream adds one file per batch to each table it writes.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ class CompactConfig:
 
 
 def parse(argv: list[str] | None) -> CompactConfig:
-    from pipelines.batch.compact import MERGE_ON_READ
+    from pipelines.batch.compact import APPEND_ONLY, MERGE_ON_READ
 
-    names = [t.name for t in MERGE_ON_READ]
-    p = cli.parser("compact", "Fold superseded rows out of the merge-on-read tables.")
+    names = [t.name for t in (*MERGE_ON_READ, *APPEND_ONLY)]
+    p = cli.parser("compact", "Fold superseded rows out of the merge-on-read tables and "
+                              "pack the small files of the others.")
     p.add_argument("--table", action="append", choices=names, metavar="TABLE",
                    help=f"only this table (repeatable; default all: {', '.join(names)})")
     args, s = cli.parse_args(p, argv, section="compact")
@@ -46,6 +49,8 @@ def body(spark, cfg: CompactConfig) -> int:
     for r in reports:
         if r.skipped:
             print(f"    {r.table}: {r.skipped}")
+        elif r.operation == "pack":  # rows moved, not counted
+            print(f"    {r.table}: {r.files_before:,} -> {r.files_after:,} files (v{r.version})")
         else:
             print(f"    {r.table}: {r.rows_before:,} -> {r.rows_after:,} rows, "
                   f"{r.files_before:,} -> {r.files_after:,} files (v{r.version})")

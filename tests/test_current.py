@@ -1,5 +1,6 @@
 """Merge-on-read tables: one query gives the current rows in every engine; compaction folds
-the superseded rows away without changing them, and keeps what is appended meanwhile."""
+the superseded rows away without changing them, and keeps what is appended meanwhile; the
+append-only tables' small files are packed, rows untouched."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobs import sql as sql_job
-from pipelines.batch.compact import compact_table
+from pipelines.batch.compact import MIN_SMALL_FILES, compact_table, pack_table
 from pipelines.storage import delta
 from pipelines.storage.sql import query
-from schemas.tables import RECOMMENDATIONS, TABLES, USER_FACTORS
+from pipelines.streaming.state import KeyedState
+from schemas.tables import INTERACTIONS, RECOMMENDATIONS, TABLES, USER_FACTORS
 
 T0 = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
 
@@ -165,3 +167,41 @@ def test_user_factors_current_per_model_version(spark, lakehouse):
     assert (r.rows_before, r.rows_after) == (4, 3)
     pdf = delta.arrow_dataset(lakehouse, USER_FACTORS).to_table().to_pandas()
     assert len(pdf) == 3 and isinstance(pdf, pd.DataFrame)
+
+
+def test_packing_moves_the_small_files_not_the_rows(spark, lakehouse, tmp_path):
+    def events(tag, day, n=2):
+        at = dt.datetime.combine(day, dt.time(), dt.UTC)
+        return pa.Table.from_pylist([
+            {"event_id": f"{tag}-{j}", "user_id": f"u{j}", "item_id": f"i{j}",
+             "event_type": "view", "value": None, "ts": at, "session_id": None,
+             "source": "test", "ingest_source": "test://", "ingest_id": tag,
+             "ingested_at": at, "dt": day} for j in range(n)], schema=INTERACTIONS.arrow_schema())
+
+    busy, quiet = dt.date(2024, 6, 1), dt.date(2024, 6, 2)
+    for b in range(MIN_SMALL_FILES + 5):  # a stream's day: one small file per batch
+        delta.append_arrow(lakehouse, INTERACTIONS, events(f"b{b}", busy))
+    for b in range(3):
+        delta.append_arrow(lakehouse, INTERACTIONS, events(f"q{b}", quiet))
+    state = KeyedState.open(str(tmp_path / "state"), id_days=3)
+    state.sync(lakehouse, [INTERACTIONS], today=quiet)
+    before = delta.arrow_dataset(lakehouse, INTERACTIONS).to_table().sort_by("event_id")
+    old = delta.open_table(lakehouse, INTERACTIONS)
+
+    r = pack_table(lakehouse, INTERACTIONS)
+    assert (r.operation, r.skipped, r.files_before, r.files_after) == \
+        ("pack", "", MIN_SMALL_FILES + 8, 1 + 3)  # the quiet day's 3 files left alone
+    after = delta.arrow_dataset(lakehouse, INTERACTIONS).to_table().sort_by("event_id")
+    assert after.equals(before)  # same rows, same types
+    spark_rows = delta.read(spark, lakehouse, INTERACTIONS).select("event_id", "dt").collect()
+    assert sorted((x.event_id, x.dt) for x in spark_rows) == sorted(zip(
+        before["event_id"].to_pylist(), before["dt"].to_pylist(), strict=True))
+    # rows moved, not changed: the stream's state reads nothing and does not rebuild
+    assert state.sync(lakehouse, [INTERACTIONS], today=quiet)["interactions"].endswith(
+        ": 0 files, 0 rows")
+    assert pack_table(lakehouse, INTERACTIONS).skipped == "no partition with many small files"
+    # a micro-batch planned on the snapshot before the pack still commits (no conflict)
+    late = delta.append_arrow(lakehouse, INTERACTIONS, events("late", busy), snapshot=old,
+                              txn=delta.Txn.batch("lakerec.stream/test", 1))
+    assert not late.skipped
+    assert delta.arrow_dataset(lakehouse, INTERACTIONS).count_rows() == before.num_rows + 2

@@ -2,7 +2,8 @@
 
 Reference: :func:`pipelines.streaming.microbatch.user_history`, a scan of ``interactions``,
 aggregated by the same :func:`aggregate_history` -- after appends, a compaction, a delete, a
-restore, a table replaced at the same path, and a sync killed half-way.
+restore, a table replaced at the same path, and a sync killed half-way; and for the known
+event ids, the dedup's read of the horizon's partitions.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.storage import delta
-from pipelines.streaming.microbatch import user_history
+from pipelines.streaming.microbatch import _known_ids, user_history
 from pipelines.streaming.state import KeyedState, aggregate_history
-from schemas import events
+from schemas import dedup_window, events
 from schemas.tables import INTERACTIONS, USER_INDEX
 
 T0 = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
@@ -177,3 +178,54 @@ def test_pair_r_of_the_statistics_is_the_sum_of_event_r(evts, weights):
     via = agg.assign(r=events.pair_r(agg["event_type"], agg["n"], agg["total"], weights)) \
         .groupby("item_id")["r"].sum()
     pd.testing.assert_series_equal(via, raw, rtol=1e-12)
+
+
+def test_known_ids_are_the_horizon_read_inside_the_id_window(lakehouse, tmp_path):
+    """The state's id lookup answers exactly what the read of the horizon's partitions
+    does, for every day its window covers, and ``None`` (read the table) before it; as the
+    window slides forward (pruned), back (read in) and through a rewrite (rebuilt)."""
+    rng = random.Random(6)
+    ids = [f"b{b}-{j}" for b in range(5) for j in range(0, 80, 3)] + ["never-seen"]
+    horizon = 1
+
+    def check(state, today):
+        state.sync(lakehouse, [INTERACTIONS], today=today)
+        floor = today - dt.timedelta(days=state.id_days)
+        answered = 0
+        for day in [T0.date() + dt.timedelta(days=d) for d in range(-1, 8)]:
+            want = _known_ids(lakehouse, ids, day, horizon)  # the table's partitions
+            lo, hi = dedup_window([day], horizon)
+            got = state.known_ids(ids, lo, hi)
+            if lo < floor:
+                assert got is None, day
+            else:
+                assert got == want, day
+                # the stream's path: the same answer, from the state
+                assert _known_ids(lakehouse, ids, day, horizon, state=state,
+                                  today=today) == want
+                answered += bool(want)
+        assert answered, "no lookup inside the window found a known id"
+        kept = state.db.execute("SELECT min(dt) FROM ids").fetchone()[0]
+        assert kept is None or kept >= floor.isoformat()
+
+    state = KeyedState.open(str(tmp_path / "state"), id_days=3)
+    state.sync(lakehouse, [INTERACTIONS], today=dt.date(2024, 5, 6))  # no table yet
+    for b in range(3):
+        delta.append_arrow(lakehouse, INTERACTIONS, _events(rng, 80, f"b{b}"))
+    check(state, dt.date(2024, 5, 6))           # window from 05-03: a first window
+    delta.append_arrow(lakehouse, INTERACTIONS, _events(rng, 80, "b3"))
+    check(state, dt.date(2024, 5, 7))           # caught up, and slid forward (05-03 pruned)
+    state.close()
+    wider = KeyedState.open(str(tmp_path / "state"), id_days=5)
+    check(wider, dt.date(2024, 5, 7))           # slid back to 05-02: read in from the files
+
+    # a rewrite (rows removed) rebuilds the state, ids included
+    b0 = delta.arrow_dataset(lakehouse, INTERACTIONS).to_table(
+        filter=pa.compute.field("ingest_id") == "b0")
+    delta.replace_rows_arrow(lakehouse, INTERACTIONS, b0.set_column(
+        b0.schema.get_field_index("ingest_id"), "ingest_id",
+        pa.array(["b0-rewritten"] * b0.num_rows)), on=["event_id"])
+    assert "rows removed" in wider.sync(lakehouse, [INTERACTIONS])["interactions"]
+    check(wider, dt.date(2024, 5, 7))
+    delta.append_arrow(lakehouse, INTERACTIONS, _events(rng, 80, "b4"))
+    check(wider, dt.date(2024, 5, 7))

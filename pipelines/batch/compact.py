@@ -1,4 +1,4 @@
-"""Compaction of the merge-on-read tables: fold superseded rows away, rewrite small files.
+"""Compaction: fold superseded rows out of the merge-on-read tables, pack small files.
 
 ``recommendations`` and ``user_factors`` take the stream's refreshed rows as appends
 (:meth:`schemas.tables.TableSpec.current_sql`), so they grow by one small file per
@@ -8,16 +8,24 @@ then reads one file), in one commit that keeps whatever the stream appended mean
 (:func:`pipelines.storage.delta.replace_snapshot`). Readers see the same current rows before
 and after: compaction changes the layout, never the answer.
 
+The append-only tables the stream writes (``interactions``, ``quarantine``, ``user_index``)
+gain one small file per micro-batch too; every snapshot open, file listing and checkpoint
+grows with their number. :func:`pack_table` bin-packs the small files of each partition that
+holds many (delta-rs ``optimize.compact``): the rows are moved, not changed
+(``dataChange = false``), so readers, concurrent appends and the stream's keyed state are
+unaffected.
+
 Example
 -------
 >>> [r.table for r in compact(spark, "/lh")]  # doctest: +SKIP
-['user_factors', 'recommendations']
+['user_factors', 'recommendations', 'interactions', 'quarantine', 'user_index', ...]
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 from pipelines.storage import delta
@@ -26,6 +34,7 @@ from schemas.tables import TABLES, TableSpec
 log = logging.getLogger(__name__)
 
 MERGE_ON_READ = tuple(t for t in TABLES.values() if t.merge_on_read)
+APPEND_ONLY = tuple(t for t in TABLES.values() if not t.merge_on_read)
 TARGET_FILE_BYTES = 128 << 20  # Delta's OPTIMIZE default
 # With no superseded row, rewrite only once this many small files (< a quarter of the
 # target) have piled up: Delta's auto-compaction threshold (minNumFiles)
@@ -41,6 +50,7 @@ class CompactReport:
     files_after: int = 0
     version: int | None = None
     skipped: str = ""  # why nothing was committed
+    operation: str = "fold"  # "fold" (compact_table) or "pack" (pack_table: rows not counted)
 
 
 def compact_table(spark, lakehouse: str, spec: TableSpec, *,
@@ -91,7 +101,58 @@ def _logged_rows(snap) -> int | None:
     return sum(n) if n and None not in n else None
 
 
+def pack_table(lakehouse: str, spec: TableSpec, *,
+               target_file_bytes: int = TARGET_FILE_BYTES) -> CompactReport:
+    """Bin-pack the small files of each partition of ``spec`` holding at least
+    :data:`MIN_SMALL_FILES` of them (smaller than a quarter of the target), one
+    ``dataChange = false`` commit per partition; other partitions are left alone, so a
+    re-run is a no-op.
+
+    Cost: a read and a rewrite of those small files (delta-rs, on the driver, streamed in
+    record batches), nothing else: what the stream appended since the last run.
+    """
+    from deltalake import CommitProperties
+    from deltalake.exceptions import CommitFailedError
+
+    if not delta.exists(lakehouse, spec):
+        return CompactReport(spec.name, skipped="table does not exist", operation="pack")
+    snap = delta.open_table(lakehouse, spec)
+    files = delta.add_actions(snap)
+    small = Counter(tuple(sorted(a["partition"].items())) for a in files
+                    if a["size"] < target_file_bytes // 4)
+    todo = [p for p, n in sorted(small.items())
+            if n >= MIN_SMALL_FILES and all(v is not None for _, v in p)]
+    if not todo:
+        return CompactReport(spec.name, files_before=len(files), files_after=len(files),
+                             version=snap.version(), skipped="no partition with many small files",
+                             operation="pack")
+    removed = added = 0
+    for part in todo:
+        try:
+            m = delta.open_table(lakehouse, spec).optimize.compact(
+                partition_filters=[(k, "=", v) for k, v in part] or None,
+                target_size=target_file_bytes,
+                commit_properties=CommitProperties(custom_metadata={
+                    "lakerec.table": spec.name, "lakerec.operation": "pack"}))
+        except CommitFailedError as e:  # a concurrent rewrite of the same files: next run
+            log.warning("%s: packing %s skipped, a concurrent commit conflicted (%s)",
+                        spec.name, dict(part), e)
+            continue
+        removed, added = removed + m["numFilesRemoved"], added + m["numFilesAdded"]
+        log.info("%s: packed %s: %d -> %d files", spec.name, dict(part),
+                 m["numFilesRemoved"], m["numFilesAdded"])
+    after = delta.open_table(lakehouse, spec)
+    return CompactReport(spec.name, files_before=len(files),
+                         files_after=len(files) - removed + added, version=after.version(),
+                         skipped="" if removed else "packing conflicted; re-run",
+                         operation="pack")
+
+
 def compact(spark, lakehouse: str, tables: tuple[str, ...] | None = None) -> list[CompactReport]:
-    """:func:`compact_table` for each merge-on-read table (or those named)."""
-    specs = [t for t in MERGE_ON_READ if tables is None or t.name in tables]
-    return [compact_table(spark, lakehouse, t) for t in specs]
+    """:func:`compact_table` for each merge-on-read table, then :func:`pack_table` for each
+    append-only one (or only those named)."""
+    def wanted(specs):
+        return [t for t in specs if tables is None or t.name in tables]
+
+    return [*(compact_table(spark, lakehouse, t) for t in wanted(MERGE_ON_READ)),
+            *(pack_table(lakehouse, t) for t in wanted(APPEND_ONLY))]

@@ -15,9 +15,9 @@
    so a batch writes its users' rows and no file of anyone else's; ``lakerec compact``
    folds the superseded rows away. The history and the users' indexes come from the
    query's :class:`~pipelines.streaming.state.KeyedState`, caught up from the tables' logs
-   each batch, so a batch reads and writes in proportion to itself: the event ids of the
-   dedup horizon's partitions, the files committed since the last batch, its users' keyed
-   rows, and one new file per table.
+   each batch, and so do the known event ids of the dedup horizon: a batch reads and writes
+   in proportion to itself: its records' ids and its users' keyed rows, the files committed since the last batch, and
+   one new file per table.
 
 **Exactly once.** Every commit carries the Delta transaction ``(lakerec.stream/<query>,
 batch_id)`` as a sequence (:meth:`pipelines.storage.deltalog.Txn.batch`), and each table is
@@ -188,20 +188,30 @@ def split_records(checked, *, ingest_id: str, known: Mapping[str, str], now: _dt
     return inter, quar
 
 
-def _known_ids(lakehouse: str, ids: list[str], day: _dt.date, horizon_days: int
+def _known_ids(lakehouse: str, ids: list[str], day: _dt.date, horizon_days: int, *,
+               state: KeyedState | None = None, today: _dt.date | None = None
                ) -> dict[str, str]:
     """``{event_id: ingest_id}`` of ``ids`` already in ``interactions`` within the dedup
     horizon of ``day`` (:func:`schemas.dedup_window`).
 
-    Cost: the ``event_id`` and ``ingest_id`` columns of the partitions in the horizon (the
-    filter on ``dt`` prunes the others from the log, unread): what a few days' arrivals
-    weigh, whatever the table's size.
+    Cost: with the keyed ``state`` (caught up here to the latest commit), one index probe
+    per id, ``O(ids * log(state))``; without it, or for a ``day`` older than the state's id
+    window (a replay after a long stop), the ``event_id`` and ``ingest_id`` columns of the
+    horizon's partitions (the filter on ``dt`` prunes the others from the log, unread):
+    a few days of arrivals, whatever the table's length, but not the batch's size.
     """
     import pyarrow.compute as pc
 
     if not ids or not delta.exists(lakehouse, INTERACTIONS):
         return {}
     lo, hi = dedup_window([day], horizon_days)
+    if state is not None:
+        state.sync(lakehouse, [INTERACTIONS], today=today)
+        got = state.known_ids(ids, lo, hi)
+        if got is not None:
+            return got
+        log.info("dedup of a batch from %s: before the keyed state's id window; reading "
+                 "the horizon's partitions", day)
     near = (pc.field("dt") >= lo) & (pc.field("dt") <= hi)
     tbl = delta.arrow_dataset(lakehouse, INTERACTIONS).to_table(
         columns=["event_id", "ingest_id"], filter=near & pc.field("event_id").isin(ids))
@@ -341,7 +351,9 @@ class StreamContext:
 
             folder = self.state_dir or os.path.join(self.lakehouse, "_stream", self.query,
                                                     "state")
-            self.state = KeyedState.open(folder)
+            # the ids of the dedup horizon before today, and one day more: a batch of
+            # yesterday's records (its horizon starts a day earlier) is still looked up
+            self.state = KeyedState.open(folder, id_days=self.dedup_horizon_days + 1)
             done = self.state.sync(self.lakehouse)
             log.info("keyed state %s: %s", self.state.path, done)
         return self.state
@@ -413,7 +425,8 @@ def process_batch(ctx: StreamContext, df, batch_id: int) -> BatchReport:
     # the horizon is centred on the records' broker time, so that a replay (perhaps on
     # another day) looks up exactly the partitions the first attempt did
     latest = pc.max(checked["kafka_ts"]).as_py()
-    known = _known_ids(lh, ids, (latest or now).date(), ctx.dedup_horizon_days)
+    known = _known_ids(lh, ids, (latest or now).date(), ctx.dedup_horizon_days,
+                       state=ctx.keyed_state(), today=now.date())
     inter, quar = split_records(checked, ingest_id=ingest_id, known=known, now=now,
                                 day=now.date())
     rep.valid, rep.quarantined = inter.num_rows, quar.num_rows

@@ -11,6 +11,12 @@ keyed by user:
   (:func:`schemas.events.pair_r`); a user's history is ``O(distinct items)`` rows, whatever
   the number of events.
 - ``users(user_id) -> user_idx``.
+- ``ids(event_id, dt) -> ingest_id``: the event ids of the last ``id_days`` arrival days
+  (``dt``), when the state is opened with ``id_days``: the stream's deduplication looks the
+  batch's ids up here, ``O(batch * log(state))``, instead of reading the ``event_id`` column
+  of the horizon's partitions every batch -- a few days of arrivals, which at a real
+  stream's rate dwarfs the batch. The window slides with the clock: ids older than it are
+  pruned, a lookup reaching before it answers ``None`` (the caller reads the table).
 
 The state is *derived*, never the source of truth: it records the Delta version and table
 id of each table it reflects and catches up from the log (:func:`sync`), reading only the
@@ -37,6 +43,7 @@ Example
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import json
 import logging
 import os
@@ -50,7 +57,7 @@ from schemas.tables import INTERACTIONS, USER_INDEX, TableSpec
 
 log = logging.getLogger(__name__)
 
-LAYOUT = 1  # bump when the tables below change: a state of another layout is rebuilt
+LAYOUT = 2  # bump when the tables below change: a state of another layout is rebuilt
 HISTORY_COLUMNS = ("user_id", "item_id", "event_type", "n", "total")
 _CHUNK = 500  # keys per IN (...) lookup, well under SQLite's parameter limit
 
@@ -63,6 +70,10 @@ CREATE TABLE IF NOT EXISTS pairs (
 CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, user_idx INTEGER NOT NULL)
     WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS users_by_idx ON users (user_idx);
+CREATE TABLE IF NOT EXISTS ids (
+    event_id TEXT NOT NULL, dt TEXT NOT NULL, ingest_id TEXT,
+    PRIMARY KEY (event_id, dt)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ids_by_dt ON ids (dt);
 """
 
 
@@ -97,13 +108,18 @@ def aggregate_history(frame):
 class KeyedState:
     """The stream's per-user state (see the module docstring). One writer: the driver."""
 
-    def __init__(self, db: sqlite3.Connection, path: str):
+    def __init__(self, db: sqlite3.Connection, path: str, id_days: int | None = None):
         self.db = db
         self.path = path
+        self.id_days = id_days
 
     @classmethod
-    def open(cls, folder: str) -> KeyedState:
-        """Open (creating) the state in ``folder``; a state of another layout starts empty."""
+    def open(cls, folder: str, id_days: int | None = None) -> KeyedState:
+        """Open (creating) the state in ``folder``; a state of another layout starts empty.
+
+        ``id_days``: keep the event ids of ``interactions`` partitions ``dt`` within that many
+        days before today (:meth:`known_ids`); ``None`` keeps none.
+        """
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, "state.sqlite")
         # the driver runs batches on Py4J callback threads, one at a time (the query's lock)
@@ -115,9 +131,11 @@ class KeyedState:
         if st._meta("layout") not in (None, str(LAYOUT)):
             log.info("keyed state %s: layout %s, not %d; rebuilding", path, st._meta("layout"),
                      LAYOUT)
-            db.executescript("DELETE FROM meta; DELETE FROM pairs; DELETE FROM users;")
+            db.executescript("DELETE FROM meta; DELETE FROM pairs; DELETE FROM users; "
+                             "DELETE FROM ids;")
         if st._meta("layout") is None:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('layout', ?)", (str(LAYOUT),))
+        st.id_days = id_days
         return st
 
     def close(self) -> None:
@@ -157,6 +175,25 @@ class KeyedState:
         got = self.db.execute("SELECT max(user_idx) FROM users").fetchone()[0]
         return 0 if got is None else int(got) + 1
 
+    def known_ids(self, ids: Iterable[str], lo: _dt.date, hi: _dt.date
+                  ) -> dict[str, str | None] | None:
+        """``{event_id: ingest_id}`` of those of ``ids`` in ``interactions`` partitions
+        ``lo <= dt <= hi``, or ``None`` when the state's id window does not reach back to
+        ``lo`` (then only a read of the table answers).
+
+        Cost: ``O(ids * log(state))``, one primary-key probe per id.
+        """
+        floor = self._meta("ids.floor")
+        if floor is None or lo.isoformat() < floor:
+            return None
+        out: dict[str, str | None] = {}
+        for chunk in _chunks(sorted(set(ids))):
+            marks = ",".join("?" * len(chunk))
+            out.update(self.db.execute(
+                f"SELECT event_id, ingest_id FROM ids WHERE event_id IN ({marks}) "
+                f"AND dt BETWEEN ? AND ?", [*chunk, lo.isoformat(), hi.isoformat()]))
+        return out
+
     def version(self, spec: TableSpec) -> int | None:
         got = self._meta(f"{spec.name}.version")
         return None if got is None else int(got)
@@ -164,12 +201,16 @@ class KeyedState:
     # -- catching up ---------------------------------------------------------------------
 
     def sync(self, lakehouse: str, specs: Iterable[TableSpec] = (INTERACTIONS, USER_INDEX),
-             snapshots: dict | None = None) -> dict[str, str]:
+             snapshots: dict | None = None, *, today: _dt.date | None = None
+             ) -> dict[str, str]:
         """Catch the state up with ``specs`` (at their latest versions, or at the opened
         ``snapshots`` given by table name); returns what it did per table.
 
+        ``today`` (default: the UTC date) places the id window (``id_days``).
+
         Cost: the commit files since the last sync and the data files they added; a rebuild
-        (see the module docstring) reads the snapshot once, a file at a time.
+        (see the module docstring) reads the snapshot once, a file at a time; a window that
+        moved to a new day deletes the ids of the day that left it.
         """
         done = {}
         for spec in specs:
@@ -177,7 +218,29 @@ class KeyedState:
             if snap is None and delta.exists(lakehouse, spec):
                 snap = delta.open_table(lakehouse, spec)
             done[spec.name] = self._sync_table(lakehouse, spec, snap)
+            if spec is INTERACTIONS and self.id_days is not None:
+                today = today or _dt.datetime.now(_dt.UTC).date()
+                self._slide_ids(lakehouse, snap, today - _dt.timedelta(days=self.id_days))
         return done
+
+    def _slide_ids(self, lakehouse: str, snap, floor: _dt.date) -> None:
+        """Move the id window's first day to ``floor``: forward, prune the days that left;
+        back (or a first window), read the ids of the days that entered from the files of
+        ``snap``, the snapshot the state now reflects."""
+        have, want = self._meta("ids.floor"), floor.isoformat()
+        if have == want:
+            return
+        with self._transaction():
+            if have is not None and want > have:
+                gone = self.db.execute("DELETE FROM ids WHERE dt < ?", (want,)).rowcount
+                log.info("keyed state: id window now from %s (%d ids pruned)", want, gone)
+            elif snap is not None:
+                entered = [a["path"] for a in delta.add_actions(snap)
+                           if want <= _dt_of(a["path"]) < (have or "9999-12-31")]
+                rows = sum(self._apply_ids(lakehouse, f) for f in entered)
+                log.info("keyed state: id window now from %s (%d files, %d ids read)",
+                         want, len(entered), rows)
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('ids.floor', ?)", (want,))
 
     def _sync_table(self, lakehouse: str, spec: TableSpec, snap) -> str:
         have, have_id = self.version(spec), self._meta(f"{spec.name}.id")
@@ -209,7 +272,8 @@ class KeyedState:
         t0 = time.perf_counter()
         files = [a["path"] for a in delta.add_actions(snap)] if snap is not None else []
         with self._transaction():
-            self.db.execute("DELETE FROM pairs" if spec is INTERACTIONS else "DELETE FROM users")
+            for table in (("pairs", "ids") if spec is INTERACTIONS else ("users",)):
+                self.db.execute(f"DELETE FROM {table}")
             rows = sum(self._apply(lakehouse, spec, f) for f in files)
             if snap is None:
                 self.db.execute("DELETE FROM meta WHERE key IN (?, ?)",
@@ -231,8 +295,14 @@ class KeyedState:
 
         file = os.path.join(delta.table_path(lakehouse, spec), unquote(rel_path))
         if spec is INTERACTIONS:
-            tbl = pq.read_table(file, columns=["user_id", "item_id", "event_type", "value"])
-            agg = aggregate_history(tbl.to_pandas())
+            floor = self._meta("ids.floor")
+            with_ids = floor is not None and _dt_of(rel_path) >= floor
+            tbl = pq.read_table(file, columns=["user_id", "item_id", "event_type", "value",
+                                               *(["event_id", "ingest_id"] if with_ids else [])])
+            if with_ids:
+                self._insert_ids(tbl, _dt_of(rel_path))
+            agg = aggregate_history(tbl.select(["user_id", "item_id", "event_type",
+                                                "value"]).to_pandas())
             self.db.executemany(
                 "INSERT INTO pairs VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id, item_id, "
                 "event_type) DO UPDATE SET n = n + excluded.n, total = total + excluded.total",
@@ -246,6 +316,22 @@ class KeyedState:
         else:
             raise ValueError(f"the keyed state does not follow table {spec.name}")
         return tbl.num_rows
+
+    def _apply_ids(self, lakehouse: str, rel_path: str) -> int:
+        """The event ids of one ``interactions`` file into ``ids``; returns its rows."""
+        import pyarrow.parquet as pq
+
+        file = os.path.join(delta.table_path(lakehouse, INTERACTIONS), unquote(rel_path))
+        tbl = pq.read_table(file, columns=["event_id", "ingest_id"])
+        self._insert_ids(tbl, _dt_of(rel_path))
+        return tbl.num_rows
+
+    def _insert_ids(self, tbl, day: str) -> None:
+        # idempotent: a file read by a window's backfill and again by a catch-up counts once
+        self.db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?, ?)",
+                            ((e, day, i) for e, i in zip(tbl["event_id"].to_pylist(),
+                                                        tbl["ingest_id"].to_pylist(),
+                                                        strict=True) if e is not None))
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -267,6 +353,15 @@ class KeyedState:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+def _dt_of(rel_path: str) -> str:
+    """The ``dt`` partition value (ISO date) of an ``interactions`` file, from its hive-style
+    path, as lakerec writes them (``dt=2024-06-01/part-...``)."""
+    for part in unquote(rel_path).split("/"):
+        if part.startswith("dt="):
+            return part[3:]
+    raise ValueError(f"interactions file outside a dt= partition: {rel_path}")
+
 
 def _chunks(keys: list[str]):
     for i in range(0, len(keys), _CHUNK):
