@@ -18,7 +18,7 @@ from pipelines.batch.compact import MIN_SMALL_FILES, compact_table, pack_table
 from pipelines.storage import delta
 from pipelines.storage.sql import query
 from pipelines.streaming.state import KeyedState
-from schemas.tables import INTERACTIONS, RECOMMENDATIONS, TABLES, USER_FACTORS
+from schemas.tables import INTERACTIONS, RECOMMENDATIONS, TABLES, USER_FACTORS, USER_INDEX
 
 T0 = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
 
@@ -205,3 +205,28 @@ def test_packing_moves_the_small_files_not_the_rows(spark, lakehouse, tmp_path):
                               txn=delta.Txn.batch("lakerec.stream/test", 1))
     assert not late.skipped
     assert delta.arrow_dataset(lakehouse, INTERACTIONS).count_rows() == before.num_rows + 2
+
+    # a copy-on-write planned on the files before a pack conflicts: retried on top of the
+    # pack, it would keep the packed copy of the rows it replaces as well (duplicates)
+    for b in range(MIN_SMALL_FILES):
+        delta.append_arrow(lakehouse, INTERACTIONS, events(f"c{b}", quiet))
+    planned = delta.open_table(lakehouse, INTERACTIONS)
+    assert not pack_table(lakehouse, INTERACTIONS).skipped
+    q0 = events("q0", quiet)
+    fixed = q0.set_column(q0.schema.get_field_index("item_id"), "item_id", pa.array(["fixed"] * 2))
+    with pytest.raises(delta.DeltaConflictError, match="removed files"):
+        delta.replace_rows_arrow(lakehouse, INTERACTIONS, fixed, on=["event_id"],
+                                 snapshot=planned)
+    assert delta.arrow_dataset(lakehouse, INTERACTIONS).count_rows() == \
+        before.num_rows + 2 + 2 * MIN_SMALL_FILES
+
+    # user_index is append-only (delta.appendOnly): packing moves its rows all the same
+    for b in range(MIN_SMALL_FILES):
+        delta.append_arrow(lakehouse, USER_INDEX, pa.table({
+            "user_id": [f"u{b}"], "user_idx": pa.array([b], pa.int32()),
+            "assigned_at": pa.array([T0], pa.timestamp("us", "UTC"))}))
+    rows = delta.arrow_dataset(lakehouse, USER_INDEX).to_table().sort_by("user_idx")
+    r = pack_table(lakehouse, USER_INDEX)
+    assert (r.skipped, r.files_after) == ("", 1)
+    assert delta.arrow_dataset(lakehouse, USER_INDEX).to_table().sort_by("user_idx") \
+        .equals(rows)

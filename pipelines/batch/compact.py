@@ -18,7 +18,7 @@ unaffected.
 Example
 -------
 >>> [r.table for r in compact(spark, "/lh")]  # doctest: +SKIP
-['user_factors', 'recommendations', 'interactions', 'quarantine', 'user_index', ...]
+['user_factors', 'recommendations', 'interactions', 'quarantine', 'user_index']
 """
 
 from __future__ import annotations
@@ -29,12 +29,15 @@ from collections import Counter
 from dataclasses import dataclass
 
 from pipelines.storage import delta
-from schemas.tables import TABLES, TableSpec
+from schemas.tables import INTERACTIONS, QUARANTINE, TABLES, USER_INDEX, TableSpec
 
 log = logging.getLogger(__name__)
 
 MERGE_ON_READ = tuple(t for t in TABLES.values() if t.merge_on_read)
-APPEND_ONLY = tuple(t for t in TABLES.values() if not t.merge_on_read)
+# The tables the stream appends to and nothing rewrites row by row (their writers append or
+# replace whole partitions): packing them cannot race a copy-on-write of the same files.
+# ``items`` and ``item_embeddings`` are rewritten in place (``replace_rows``) and are not packed.
+APPEND_ONLY = (INTERACTIONS, QUARANTINE, USER_INDEX)
 TARGET_FILE_BYTES = 128 << 20  # Delta's OPTIMIZE default
 # With no superseded row, rewrite only once this many small files (< a quarter of the
 # target) have piled up: Delta's auto-compaction threshold (minNumFiles)
@@ -108,8 +111,9 @@ def pack_table(lakehouse: str, spec: TableSpec, *,
     ``dataChange = false`` commit per partition; other partitions are left alone, so a
     re-run is a no-op.
 
-    Cost: a read and a rewrite of those small files (delta-rs, on the driver, streamed in
-    record batches), nothing else: what the stream appended since the last run.
+    Cost: a read and a rewrite of every file under the target in those partitions (delta-rs,
+    on the driver, streamed in record batches): what the stream appended since the last run,
+    plus a busy partition's earlier packed output until it reaches the target size.
     """
     from deltalake import CommitProperties
     from deltalake.exceptions import CommitFailedError
@@ -127,25 +131,29 @@ def pack_table(lakehouse: str, spec: TableSpec, *,
                              version=snap.version(), skipped="no partition with many small files",
                              operation="pack")
     removed = added = 0
+    version, conflicted = None, []
     for part in todo:
+        table = delta.open_table(lakehouse, spec)
         try:
-            m = delta.open_table(lakehouse, spec).optimize.compact(
+            m = table.optimize.compact(
                 partition_filters=[(k, "=", v) for k, v in part] or None,
                 target_size=target_file_bytes,
                 commit_properties=CommitProperties(custom_metadata={
                     "lakerec.table": spec.name, "lakerec.operation": "pack"}))
-        except CommitFailedError as e:  # a concurrent rewrite of the same files: next run
+        except CommitFailedError as e:  # a concurrent commit touched the same files
             log.warning("%s: packing %s skipped, a concurrent commit conflicted (%s)",
                         spec.name, dict(part), e)
+            conflicted.append(dict(part))
             continue
         removed, added = removed + m["numFilesRemoved"], added + m["numFilesAdded"]
-        log.info("%s: packed %s: %d -> %d files", spec.name, dict(part),
-                 m["numFilesRemoved"], m["numFilesAdded"])
-    after = delta.open_table(lakehouse, spec)
-    return CompactReport(spec.name, files_before=len(files),
-                         files_after=len(files) - removed + added, version=after.version(),
-                         skipped="" if removed else "packing conflicted; re-run",
-                         operation="pack")
+        version = table.version()  # the table object follows its own commit
+        log.info("%s: packed %s: %d -> %d files (v%d)", spec.name, dict(part),
+                 m["numFilesRemoved"], m["numFilesAdded"], version)
+    return CompactReport(
+        spec.name, files_before=len(files), files_after=len(files) - removed + added,
+        version=version, operation="pack",
+        skipped=f"{len(conflicted)} of {len(todo)} partitions conflicted with a concurrent "
+                f"commit, re-run: {conflicted}" if conflicted else "")
 
 
 def compact(spark, lakehouse: str, tables: tuple[str, ...] | None = None) -> list[CompactReport]:

@@ -471,6 +471,7 @@ class DataChanges:
     """What commits ``after+1 .. upto`` did to a table's rows (:func:`data_changes`)."""
 
     added: tuple[str, ...]  # relative paths (unquoted) of the files added with dataChange
+    added_partitions: tuple[dict, ...]  # their partition values (as the log holds them)
     removed_data: bool  # whether any commit removed rows (a delete, overwrite or restore)
     schema_changed: bool
 
@@ -487,8 +488,12 @@ def data_changes(root: str, spec: TableSpec | str, after: int, upto: int) -> Dat
     except FileNotFoundError:
         return None
     data = [a for a in changes if _changes_data(a)]
+    adds = [a["add"] for a in data if "add" in a]
     return DataChanges(
-        added=tuple(unquote(a["add"]["path"]) for a in data if "add" in a),
+        added=tuple(unquote(a["path"]) for a in adds),
+        added_partitions=tuple(
+            {k: partition_str(v) for k, v in (a.get("partitionValues") or {}).items()}
+            for a in adds),
         removed_data=any("remove" in a for a in data),
         schema_changed=any("metaData" in a or "protocol" in a for a in changes))
 
@@ -507,6 +512,12 @@ def _conflict(path: str, spec: TableSpec, read_version: int, latest: int, *, mod
         gone = [a for a in changes if "remove" in a and unquote(a["remove"]["path"]) in ours]
         return (f"commits {read_version + 1}..{latest} removed files this write replaces"
                 if gone else None)
+    if removes:
+        # a rewrite of files that a concurrent commit removed -- even a compaction's
+        # dataChange=false move: retried, it would keep the moved copy of the old rows too
+        ours = {r.path for r in removes}
+        if any("remove" in a and unquote(a["remove"]["path"]) in ours for a in changes):
+            return f"commits {read_version + 1}..{latest} removed files this write rewrites"
     if not data:
         return None
     ops = sorted({str(a.get("commitInfo", {}).get("operation"))

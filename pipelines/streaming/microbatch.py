@@ -194,8 +194,9 @@ def _known_ids(lakehouse: str, ids: list[str], day: _dt.date, horizon_days: int,
     """``{event_id: ingest_id}`` of ``ids`` already in ``interactions`` within the dedup
     horizon of ``day`` (:func:`schemas.dedup_window`).
 
-    Cost: with the keyed ``state`` (caught up here to the latest commit), one index probe
-    per id, ``O(ids * log(state))``; without it, or for a ``day`` older than the state's id
+    Cost: with the keyed ``state``, its catch-up to the latest commit (the files other
+    writers added since the last batch, usually none) and one index probe per id,
+    ``O(ids * log(state))``; without it, or for a ``day`` older than the state's id
     window (a replay after a long stop), the ``event_id`` and ``ingest_id`` columns of the
     horizon's partitions (the filter on ``dt`` prunes the others from the log, unread):
     a few days of arrivals, whatever the table's length, but not the batch's size.
@@ -454,7 +455,8 @@ def process_batch(ctx: StreamContext, df, batch_id: int) -> BatchReport:
         model = ctx.serving_model(df.sparkSession)
         rep.model_version = model.version
         state = ctx.keyed_state()
-        state.sync(lh, [INTERACTIONS])  # this batch's rows and any other writer's since
+        # this batch's rows and any other writer's since; the batch's one clock
+        state.sync(lh, [INTERACTIONS], today=now.date())
         history = state.history(users)
         lap("history")
         vectors, rows = refresh(model, history, users, k=ctx.k,

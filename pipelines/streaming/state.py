@@ -210,7 +210,8 @@ class KeyedState:
 
         Cost: the commit files since the last sync and the data files they added; a rebuild
         (see the module docstring) reads the snapshot once, a file at a time; a window that
-        moved to a new day deletes the ids of the day that left it.
+        moved to a new day deletes the ids of the day that left it (an indexed range); a
+        first or widened window reads the ``event_id`` column of the days it gains, once.
         """
         done = {}
         for spec in specs:
@@ -235,9 +236,10 @@ class KeyedState:
                 gone = self.db.execute("DELETE FROM ids WHERE dt < ?", (want,)).rowcount
                 log.info("keyed state: id window now from %s (%d ids pruned)", want, gone)
             elif snap is not None:
-                entered = [a["path"] for a in delta.add_actions(snap)
-                           if want <= _dt_of(a["path"]) < (have or "9999-12-31")]
-                rows = sum(self._apply_ids(lakehouse, f) for f in entered)
+                entered = [a for a in delta.add_actions(snap)
+                           if want <= _day(a["partition"]) < (have or "9999-12-31")]
+                rows = sum(self._apply_ids(lakehouse, a["path"], a["partition"])
+                           for a in entered)
                 log.info("keyed state: id window now from %s (%d files, %d ids read)",
                          want, len(entered), rows)
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('ids.floor', ?)", (want,))
@@ -264,17 +266,18 @@ class KeyedState:
             return self._rebuild(lakehouse, spec, snap, f"rows removed or schema changed in "
                                                         f"v{have + 1}..v{latest}")
         with self._transaction():
-            rows = sum(self._apply(lakehouse, spec, f) for f in ch.added)
+            rows = sum(self._apply(lakehouse, spec, f, part)
+                       for f, part in zip(ch.added, ch.added_partitions, strict=True))
             self._set_version(spec, latest, table_id)
         return f"v{have}->v{latest}: {len(ch.added)} files, {rows} rows"
 
     def _rebuild(self, lakehouse: str, spec: TableSpec, snap, why: str) -> str:
         t0 = time.perf_counter()
-        files = [a["path"] for a in delta.add_actions(snap)] if snap is not None else []
+        files = delta.add_actions(snap) if snap is not None else []
         with self._transaction():
             for table in (("pairs", "ids") if spec is INTERACTIONS else ("users",)):
                 self.db.execute(f"DELETE FROM {table}")
-            rows = sum(self._apply(lakehouse, spec, f) for f in files)
+            rows = sum(self._apply(lakehouse, spec, a["path"], a["partition"]) for a in files)
             if snap is None:
                 self.db.execute("DELETE FROM meta WHERE key IN (?, ?)",
                                 (f"{spec.name}.version", f"{spec.name}.id"))
@@ -289,18 +292,20 @@ class KeyedState:
                  len(files), rows, took)
         return f"rebuilt ({why}): {len(files)} files, {rows} rows"
 
-    def _apply(self, lakehouse: str, spec: TableSpec, rel_path: str) -> int:
-        """Fold one data file of ``spec`` into the state; returns its rows."""
+    def _apply(self, lakehouse: str, spec: TableSpec, rel_path: str,
+               partition: dict | None = None) -> int:
+        """Fold one data file of ``spec`` (its partition values as the log holds them) into
+        the state; returns its rows."""
         import pyarrow.parquet as pq
 
         file = os.path.join(delta.table_path(lakehouse, spec), unquote(rel_path))
         if spec is INTERACTIONS:
             floor = self._meta("ids.floor")
-            with_ids = floor is not None and _dt_of(rel_path) >= floor
+            with_ids = floor is not None and _day(partition) >= floor
             tbl = pq.read_table(file, columns=["user_id", "item_id", "event_type", "value",
                                                *(["event_id", "ingest_id"] if with_ids else [])])
             if with_ids:
-                self._insert_ids(tbl, _dt_of(rel_path))
+                self._insert_ids(tbl, _day(partition))
             agg = aggregate_history(tbl.select(["user_id", "item_id", "event_type",
                                                 "value"]).to_pandas())
             self.db.executemany(
@@ -317,13 +322,13 @@ class KeyedState:
             raise ValueError(f"the keyed state does not follow table {spec.name}")
         return tbl.num_rows
 
-    def _apply_ids(self, lakehouse: str, rel_path: str) -> int:
+    def _apply_ids(self, lakehouse: str, rel_path: str, partition: dict) -> int:
         """The event ids of one ``interactions`` file into ``ids``; returns its rows."""
         import pyarrow.parquet as pq
 
         file = os.path.join(delta.table_path(lakehouse, INTERACTIONS), unquote(rel_path))
         tbl = pq.read_table(file, columns=["event_id", "ingest_id"])
-        self._insert_ids(tbl, _dt_of(rel_path))
+        self._insert_ids(tbl, _day(partition))
         return tbl.num_rows
 
     def _insert_ids(self, tbl, day: str) -> None:
@@ -354,13 +359,12 @@ class KeyedState:
             raise
         self.db.execute("COMMIT")
 
-def _dt_of(rel_path: str) -> str:
-    """The ``dt`` partition value (ISO date) of an ``interactions`` file, from its hive-style
-    path, as lakerec writes them (``dt=2024-06-01/part-...``)."""
-    for part in unquote(rel_path).split("/"):
-        if part.startswith("dt="):
-            return part[3:]
-    raise ValueError(f"interactions file outside a dt= partition: {rel_path}")
+def _day(partition: dict | None) -> str:
+    """The ``dt`` partition value (ISO date) of an ``interactions`` file, from the log."""
+    day = (partition or {}).get("dt")
+    if day is None:
+        raise ValueError("an interactions file without a dt partition value in the log")
+    return day
 
 
 def _chunks(keys: list[str]):
