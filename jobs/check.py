@@ -29,6 +29,7 @@ def parse(argv: list[str] | None) -> CheckConfig:
     p = cli.parser("check", "Quality gate: recommendations' invariants (exit 1 on failure).")
     p.add_argument("--k", help=f"recommendations per user ({DEFAULTS.k})")
     args, s = cli.parse_args(p, argv, section="check")
+    s.existing_lakehouse()  # reads one: a mistyped path is a usage error
     return CheckConfig(s.lakehouse, s.get("k", flag=args.k, default=DEFAULTS.k, cast=positive_int),
                        args.log_level)
 

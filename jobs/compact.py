@@ -36,6 +36,7 @@ def parse(argv: list[str] | None) -> CompactConfig:
     p.add_argument("--table", action="append", choices=names, metavar="TABLE",
                    help=f"only this table (repeatable; default all: {', '.join(names)})")
     args, s = cli.parse_args(p, argv, section="compact")
+    s.existing_lakehouse()  # reads one: a mistyped path is a usage error
     s.check_writable(s.lakehouse, "--lakehouse")
     return CompactConfig(s.lakehouse, tuple(args.table) if args.table else None,
                          args.log_level)

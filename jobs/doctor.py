@@ -23,15 +23,12 @@ class DoctorConfig:
 
 
 def parse(argv: list[str] | None) -> DoctorConfig:
-    import os
 
     p = cli.parser("doctor", "Check every table's log and files; print how to recover.")
     p.add_argument("--format", default="text", choices=["text", "json"],
                    help="text (default) or json (one object per table)")
     args, s = cli.parse_args(p, argv, section="doctor")
-    if not os.path.isdir(s.lakehouse):
-        raise cli.UsageError(f"no lakehouse at {s.lakehouse}")
-    return DoctorConfig(s.lakehouse, args.format, args.log_level)
+    return DoctorConfig(s.existing_lakehouse(), args.format, args.log_level)
 
 
 def body(_spark, cfg: DoctorConfig) -> int:

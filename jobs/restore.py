@@ -33,6 +33,7 @@ def parse(argv: list[str] | None) -> RestoreConfig:
                    help=f"one of: {', '.join(TABLES)}")
     p.add_argument("--version", required=True, type=nonneg_int, help="the version to restore")
     args, s = cli.parse_args(p, argv, section="restore")
+    s.existing_lakehouse()  # reads one: a mistyped path is a usage error
     s.check_writable(s.lakehouse, "--lakehouse")
     return RestoreConfig(s.lakehouse, args.table, args.version, args.log_level)
 

@@ -36,6 +36,7 @@ def parse(argv: list[str] | None) -> SqlConfig:
     p.add_argument("--max-rows", type=positive_int, default=None,
                    help="print at most this many rows (table format default 1000)")
     args, s = cli.parse_args(p, argv, section="sql")
+    s.existing_lakehouse()  # reads one: a mistyped path is a usage error
     as_of = {}
     for item in args.as_of:
         table, sep, version = item.partition("=")

@@ -86,6 +86,7 @@ def parse(argv: list[str] | None) -> TrainConfig:
     p = cli.parser("train", "Train implicit ALS, evaluate on a temporal holdout, register.")
     add_train_options(p)
     args, s = cli.parse_args(p, argv, section="train")
+    s.existing_lakehouse()  # reads one: a mistyped path is a usage error
     params = params_from(args, s)
     s.check_writable(s.lakehouse, "--lakehouse")
     return TrainConfig(s.lakehouse, params, args.log_level)

@@ -52,6 +52,21 @@ def test_usage_errors(landed, args, message):
     assert snapshot(landed) == before
 
 
+@pytest.mark.parametrize("command", [
+    ["check"], ["sql", "select 1"], ["score"], ["train"], ["embed"], ["place"], ["compact"],
+    ["restore", "recommendations", "--version", "0"], ["doctor"]])
+def test_a_lakehouse_that_does_not_exist_is_a_usage_error(tmp_path, command):
+    """The commands that read a lakehouse refuse a mistyped path (exit 2, one line) and
+    create nothing there, rather than failing a gate, answering from nothing, or starting
+    a new lakehouse."""
+    missing = tmp_path / "no-such-lakehouse"
+    r = lakerec(*command, "--lakehouse", str(missing))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"no lakehouse at {missing}" in lines[0], lines
+    assert not missing.exists() and os.listdir(tmp_path) == []
+
+
 def test_unknown_command_and_help():
     r = lakerec("frobnicate")
     assert r.returncode == 2 and "unknown command 'frobnicate'" in r.stderr

@@ -193,6 +193,14 @@ class Settings:
                                  f"lakehouse {self.lakehouse}: refused")
         return given
 
+    def existing_lakehouse(self) -> str:
+        """The lakehouse root, refused (a usage error) unless it is an existing folder: for
+        the commands that read one, so that a mistyped path is an error, not a new folder."""
+        if not os.path.isdir(self.lakehouse):
+            raise UsageError(f"no lakehouse at {self.lakehouse} (create one with `lakerec "
+                             "demo`, or `lakerec generate` / `lakerec ingest`)")
+        return self.lakehouse
+
     def check_writable(self, path: str | os.PathLike, what: str = "path") -> str:
         """Resolve ``path`` and refuse it unless it lies under an allowed root."""
         resolved = str(Path(path).expanduser().resolve())
