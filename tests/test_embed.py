@@ -283,13 +283,17 @@ def test_cold_start_evaluation_is_logged_and_text_beats_random(embedded):
 
 
 def test_usage_errors_exit_2_before_anything_runs(tmp_path, capsys):
-    lh = str(tmp_path / "lh")
-    assert embed_job.main(["--lakehouse", lh, "--variant", "fp16"]) == 2
-    assert embed_job.main(["--lakehouse", lh, "--encoder-dir", str(tmp_path)]) == 2
+    lh = tmp_path / "lh"
+    assert embed_job.main(["--lakehouse", str(lh)]) == 2  # no lakehouse there
+    assert capsys.readouterr().err.strip().startswith(f"lakerec embed: error: no lakehouse at {lh}")
+    assert not lh.exists()
+    lh.mkdir()
+    assert embed_job.main(["--lakehouse", str(lh), "--variant", "fp16"]) == 2
+    assert embed_job.main(["--lakehouse", str(lh), "--encoder-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lakerec embed: error: no encoder export") and \
         "make models" in err[-1]
-    assert not os.path.exists(lh)
+    assert os.listdir(lh) == []  # nothing written
 
 
 def test_a_running_stream_picks_up_newly_placed_items(spark, embedded):
