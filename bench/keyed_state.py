@@ -2,9 +2,9 @@
 the keyed state.
 
     python bench/keyed_state.py [--sizes 1000000,10000000] [--users-per-event 0.02]
-                                [--batch-users 600] [--batches 30]
+                                [--batch-users 600] [--batches 30] [--days 30]
 
-For each size an ``interactions`` table of that many events (30 days) is
+For each size an ``interactions`` table of that many events (``--days``, default 30) is
 written with the stream's own writer (users uniform, ~50 events each); then, batch after batch, one new batch of events is
 appended (as the stream does) and the touched users' history is read both ways: the old
 scan (:func:`pipelines.streaming.microbatch.user_history`) and the keyed state (catch up
@@ -75,8 +75,8 @@ def measure(size: int, args, rng) -> dict:
         step = 1_000_000
         for k in range(0, size, step):  # in daily-ingest-like commits
             delta.append_arrow(lh, INTERACTIONS, events(rng, min(step, size - k), users, items,
-                                                        f"seed{k}"))
-        today = (T0 + dt.timedelta(days=30)).date()  # the batches' day
+                                                        f"seed{k}", days=args.days))
+        today = (T0 + dt.timedelta(days=args.days)).date()  # the batches' day
         t = time.perf_counter()
         # the stream's id window: the horizon before today, and one day more
         state = KeyedState.open(os.path.join(lh, "_state"), id_days=DEDUP_HORIZON_DAYS + 1)
@@ -94,7 +94,7 @@ def measure(size: int, args, rng) -> dict:
             return out
 
         for b in range(args.batches):
-            batch = events(rng, args.batch_users, users, items, f"b{b}", day0=30, days=1)
+            batch = events(rng, args.batch_users, users, items, f"b{b}", day0=args.days, days=1)
             delta.append_arrow(lh, INTERACTIONS, batch)
             who = sorted(set(batch["user_id"].to_pylist()))
             got = timed("st_ms", "st_b", lambda users: (
@@ -128,6 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--users-per-event", type=float, default=0.02)
     ap.add_argument("--batch-users", type=int, default=600, help="events per batch")
     ap.add_argument("--batches", type=int, default=30)
+    ap.add_argument("--days", type=int, default=30, help="the span of the seeded events")
     args = ap.parse_args(argv)
     print(machine())
     rng = np.random.default_rng(7)

@@ -15,9 +15,9 @@
    so a batch writes its users' rows and no file of anyone else's; ``lakerec compact``
    folds the superseded rows away. The history and the users' indexes come from the
    query's :class:`~pipelines.streaming.state.KeyedState`, caught up from the tables' logs
-   each batch, and so do the known event ids of the dedup horizon: a batch reads and writes
-   in proportion to itself: its records' ids and its users' keyed rows, the files committed since the last batch, and
-   one new file per table.
+   each batch, and so do the event ids of the dedup horizon. A batch therefore reads and
+   writes in proportion to itself: its records' ids, its users' keyed rows, the files
+   committed since the last batch, and one new file per table.
 
 **Exactly once.** Every commit carries the Delta transaction ``(lakerec.stream/<query>,
 batch_id)`` as a sequence (:meth:`pipelines.storage.deltalog.Txn.batch`), and each table is
