@@ -67,3 +67,16 @@ def test_spark_matches_ranking_evaluator(spark):
                          ("ndcg", "ndcgAtK"), ("map", "meanAveragePrecisionAtK")):
         ev = RankingEvaluator(metricName=theirs, k=k)
         assert got[ours] == pytest.approx(ev.evaluate(df), rel=1e-9), ours
+
+
+def test_per_user_rows_average_to_the_means(spark):
+    from pipelines.batch.metrics import per_user_metrics
+
+    recs = {"u1": ["a", "x", "b"], "u2": ["y", "c", "z"]}
+    relevant = {"u1": ["a", "b", "d", "e"], "u2": ["c"], "u3": ["q"]}
+    r, rel = to_frames(spark, recs, relevant)
+    rows = {row.user_id: row for row in per_user_metrics(r, rel, k=3).collect()}
+    assert set(rows) == {"u1", "u2", "u3"} and rows["u3"].ndcg == 0
+    means = ranking_metrics(r, rel, k=3, catalog_size=10)
+    for m in ("precision", "recall", "ndcg", "map"):
+        assert sum(getattr(x, m) for x in rows.values()) / 3 == pytest.approx(means[m])

@@ -31,9 +31,10 @@ from pyspark.sql import functions as F
 METRICS = ("precision", "recall", "ndcg", "map", "coverage")
 
 
-def ranking_metrics(recs: DataFrame, relevant: DataFrame, *, k: int,
-                    catalog_size: int) -> dict[str, float]:
-    """Mean precision/recall/NDCG/MAP@k over users of ``relevant``, and coverage@k.
+def per_user_metrics(recs: DataFrame, relevant: DataFrame, *, k: int) -> DataFrame:
+    """``user_id, precision, recall, ndcg, map`` at ``k`` for every user of ``relevant``
+    (0 for a user without recommendations): the rows :func:`ranking_metrics` averages, and
+    what the promotion gate pairs between two models.
 
     Parameters
     ----------
@@ -41,6 +42,9 @@ def ranking_metrics(recs: DataFrame, relevant: DataFrame, *, k: int,
         ``user_id, rank, item_id`` (rank 1 = best); ranks above ``k`` are ignored.
     relevant : DataFrame
         ``user_id, item_id``: the held-out items of each evaluated user.
+
+    Cost: a join of the top-``k`` rows with the relevant pairs and a window over each user's
+    hits (shuffles by user).
     """
     recs = recs.where(F.col("rank") <= k).select("user_id", "rank", "item_id")
     rel = relevant.select("user_id", "item_id").distinct()
@@ -59,16 +63,38 @@ def ranking_metrics(recs: DataFrame, relevant: DataFrame, *, k: int,
     idcg = F.element_at(F.array(*[F.lit(v) for v in idcg_table]),
                         F.least(F.col("n_rel"), F.lit(k)).cast("int"))
     per_user = n_rel.join(per_hit, "user_id", "left").fillna(0, ["hits", "dcg", "ap_sum"])
-    per_user = per_user.select(
+    return per_user.select(
+        "user_id",
         (F.col("hits") / k).alias("precision"),
         (F.col("hits") / F.col("n_rel")).alias("recall"),
         (F.col("dcg") / idcg).alias("ndcg"),
         (F.col("ap_sum") / F.least(F.col("n_rel"), F.lit(k))).alias("map"),
     )
+
+
+def ranking_metrics(recs: DataFrame, relevant: DataFrame, *, k: int,
+                    catalog_size: int) -> dict[str, float]:
+    """Mean precision/recall/NDCG/MAP@k over users of ``relevant``, and coverage@k.
+
+    Parameters are those of :func:`per_user_metrics`; ``catalog_size`` is the denominator of
+    coverage.
+    """
+    per_user = per_user_metrics(recs, relevant, k=k)
     row = per_user.agg(*[F.avg(c).alias(c) for c in ("precision", "recall", "ndcg", "map")],
                        F.count("*").alias("users")).first()
-    covered = recs.select("item_id").distinct().count()
+    covered = recs.where(F.col("rank") <= k).select("item_id").distinct().count()
     out = {c: float(row[c] or 0.0) for c in ("precision", "recall", "ndcg", "map")}
     out["coverage"] = covered / catalog_size if catalog_size else 0.0
     out["users"] = int(row["users"])
+    return out
+
+
+def summarise(per_user, covered: int, catalog_size: int) -> dict[str, float]:
+    """:func:`ranking_metrics`' dict from collected per-user rows (a pandas frame) and the
+    number of distinct items listed."""
+    n = len(per_user)
+    out = {c: float(per_user[c].mean()) if n else 0.0
+           for c in ("precision", "recall", "ndcg", "map")}
+    out["coverage"] = covered / catalog_size if catalog_size else 0.0
+    out["users"] = n
     return out

@@ -70,7 +70,8 @@ def fold_in_many(item_factors: np.ndarray, yty: np.ndarray, codes: np.ndarray,
         (``0 <= code < n_users``), the item's row in ``item_factors`` and ``c_ui - 1``
         (``rule.c1(r)``).
     rule : FoldInRule
-        Gives ``lambda_u`` from the user's number of entries.
+        Gives ``lambda_u`` from the user's number of entries; a ``kind = "history"`` rule
+        (EASE) sums the history instead (:func:`pipelines.model.ease.fold_in`).
     budget : int
         Most float64 elements of one group's ``(users, items, rank)`` block plus its
         ``(users, rank, rank)`` systems.
@@ -86,6 +87,12 @@ def fold_in_many(item_factors: np.ndarray, yty: np.ndarray, codes: np.ndarray,
     solves a micro-batch's users, and ``score``'s vectors, solved at training, agree
     exactly). The per-user Python loop would cost ~50 us a user, this a few.
     """
+    if rule.kind == "history":  # EASE: a sum over the history, no normal equations
+        from pipelines.model import ease
+
+        keep = np.asarray(c1) > 0 if rule.alpha > 0 else np.ones(len(codes), bool)
+        return ease.fold_in(item_factors, np.asarray(codes)[keep], np.asarray(items)[keep],
+                            n_users)
     k = yty.shape[0]
     codes = np.asarray(codes, dtype=np.int64)
     items = np.asarray(items, dtype=np.int64)

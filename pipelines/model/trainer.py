@@ -34,11 +34,16 @@ class FoldInRule:
     with ``p_ui = 1`` on the user's ``n_u`` items and 0 elsewhere. Its normal equations are
 
         (YᵀY + Σ_{i∈I_u} α r_ui y_i y_iᵀ + λ_u I) x_u = Σ_{i∈I_u} (1 + α r_ui) y_i.
+
+    ``kind = "history"`` is the other rule: no solve, the user vector is a sum over the
+    history's items (EASE, :func:`pipelines.model.ease.fold_in`); ``alpha`` and ``reg`` are
+    then unused.
     """
 
     alpha: float
     reg: float
     reg_per_entry: bool = True
+    kind: str = "ials"
 
     def ridge(self, n_items):
         """``λ_u`` for users with ``n_items`` entries (scalar or array)."""
