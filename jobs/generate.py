@@ -1,8 +1,15 @@
 """lakerec generate: seeded synthetic behaviour logs and catalog, written to the landing zone.
 
     lakerec generate [--users N] [--items N] [--events N] [--days N] [--clusters N]
-                     [--start YYYY-MM-DD] [--seed N] [--dirty-fraction F] [--out PATH] [--force]
+                     [--start YYYY-MM-DD] [--seed N] [--dirty-fraction F]
+                     [--dynamics] [--drift F] [--item-lifetime-days D] [--churn F]
+                     [--out PATH] [--force]
     spark-submit jobs/generate.py  (same arguments)
+
+Time dynamics are off by default (a stationary world). ``--dynamics`` turns them all on with
+the values of :meth:`SyntheticSpec.realistic` (180 days, drift 0.3, item lifetime 60 days,
+churn 0.5); ``--days``, ``--drift``, ``--item-lifetime-days`` and ``--churn`` (or their env /
+toml settings) override any of them.
 """
 
 from __future__ import annotations
@@ -13,7 +20,14 @@ from dataclasses import dataclass
 
 from pipelines.dev.generate import SyntheticSpec
 from pipelines.runtime import cli
-from pipelines.runtime.config import date_value, fraction, integer, positive_int
+from pipelines.runtime.config import (
+    _RefusedError,
+    date_value,
+    fraction,
+    integer,
+    nonneg_float,
+    positive_int,
+)
 
 
 @dataclass(frozen=True)
@@ -28,17 +42,39 @@ SYNTHETIC_FLAGS = {"users": "distinct users (20000)", "items": "catalog size (50
               "events": "about this many events (1000000)", "days": "days of logs (30)",
               "clusters": "taste clusters (20)", "seed": "random seed (42)",
               "start": "first day, YYYY-MM-DD (2024-06-01)",
-              "dirty-fraction": "share of events corrupted into bad rows (0)"}
+              "dirty-fraction": "share of events corrupted into bad rows (0)",
+              "drift": "share of users whose primary taste cluster changes mid-span (0)",
+              "item-lifetime-days": "items arrive over the span and their popularity halves "
+                                    "every this many days (0: all present, no fading)",
+              "churn": "share of users who join late and/or leave early (0)"}
 
 
 def add_spec_options(p) -> None:
     for flag, help_ in SYNTHETIC_FLAGS.items():
         p.add_argument(f"--{flag}", help=help_)
+    p.add_argument("--dynamics", action="store_true",
+                   help="time dynamics on: 180 days, drift 0.3, item lifetime 60 days, churn "
+                        "0.5 (the flags above override each)")
+
+
+def boolean(value) -> bool:
+    """A switch: a TOML boolean, or ``true/false``, ``1/0``, ``yes/no``, ``on/off`` text."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("true", "1", "yes", "on"):
+            return True
+        if word in ("false", "0", "no", "off"):
+            return False
+    raise _RefusedError("true or false")
 
 
 def spec_from(args, s, *, dirty_default: float = 0.0) -> SyntheticSpec:
     """The data set's shape from flags > env > lakerec.toml > defaults."""
-    d = SyntheticSpec()
+    dynamics = s.get("dynamics", flag=True if getattr(args, "dynamics", False) else None,
+                     default=False, cast=boolean)
+    d = SyntheticSpec.realistic() if dynamics else SyntheticSpec()
     ints = {n: s.get(n, flag=getattr(args, n), default=getattr(d, n), cast=positive_int)
             for n in ("users", "items", "events", "days", "clusters")}
     try:
@@ -48,6 +84,10 @@ def spec_from(args, s, *, dirty_default: float = 0.0) -> SyntheticSpec:
             seed=s.get("seed", flag=args.seed, default=d.seed, cast=integer),
             dirty_fraction=s.get("dirty_fraction", flag=args.dirty_fraction,
                                  default=dirty_default, cast=fraction),
+            drift=s.get("drift", flag=args.drift, default=d.drift, cast=fraction),
+            item_lifetime_days=s.get("item_lifetime_days", flag=args.item_lifetime_days,
+                                     default=d.item_lifetime_days, cast=nonneg_float),
+            churn=s.get("churn", flag=args.churn, default=d.churn, cast=fraction),
         )
     except ValueError as e:
         raise cli.UsageError(str(e)) from None

@@ -466,3 +466,27 @@ def test_stream_through_spark_submit(spark, lh, kafka):
     assert len(stream_rows(lh)) == 30
     assert_recommendations_are_a_fresh_fold_in(spark, lh, sorted(set(stream_rows(lh)["user_id"]
                                                               .to_pylist())))
+
+
+def test_without_a_champion_the_stream_serves_popular_items(spark, lh, kafka):
+    tracking.client(lh).delete_registered_model_alias(tracking.ALS_MODEL, tracking.CHAMPION)
+    topic = topic_for(kafka, "nochamp")
+    users, items = known(lh)
+    valid = list(feedback.random_events(users, items, 40, seed=3, prefix="nc"))
+    p = producer(kafka)
+    for key, value in valid:
+        p.send(topic, key=key, value=value)
+    p.flush()
+    p.close()
+    r = run_stream(lh, kafka, topic)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "no champion" in r.stderr
+    touched = sorted(set(stream_rows(lh)["user_id"].to_pylist()))
+    assert touched
+    listed = ", ".join(f"'{u}'" for u in touched)
+    recs = delta.current_table(lh, RECOMMENDATIONS, where=f"user_id IN ({listed})")
+    assert set(recs["source"].to_pylist()) == {"popular"}
+    assert set(recs["user_id"].to_pylist()) == set(touched)
+    seen = query(lh, f"SELECT user_id, item_id FROM interactions WHERE user_id IN ({listed})")[1]
+    assert not set(seen) & set(zip(recs["user_id"].to_pylist(), recs["item_id"].to_pylist(),
+                                   strict=True))

@@ -46,7 +46,7 @@ SHARED_KEYS = frozenset({"lakehouse", "allowed_roots"})
 _TRAIN = frozenset({"as_of", "window_days", "holdout_days", "rank", "alpha", "reg", "max_iter",
                     "seed", "k", "weights"})
 _DATASET = frozenset({"users", "items", "events", "days", "clusters", "start", "seed",
-                   "dirty_fraction"})
+                   "dirty_fraction", "drift", "item_lifetime_days", "churn", "dynamics"})
 _KAFKA = frozenset({"bootstrap", "topic", "security_protocol", "sasl_mechanism", "ssl_cafile",
                     "ssl_certfile", "ssl_keyfile"})
 CONFIG_KEYS: Mapping[str, frozenset[str]] = {
