@@ -88,13 +88,3 @@ def ranking_metrics(recs: DataFrame, relevant: DataFrame, *, k: int,
     out["users"] = int(row["users"])
     return out
 
-
-def summarise(per_user, covered: int, catalog_size: int) -> dict[str, float]:
-    """:func:`ranking_metrics`' dict from collected per-user rows (a pandas frame) and the
-    number of distinct items listed."""
-    n = len(per_user)
-    out = {c: float(per_user[c].mean()) if n else 0.0
-           for c in ("precision", "recall", "ndcg", "map")}
-    out["coverage"] = covered / catalog_size if catalog_size else 0.0
-    out["users"] = n
-    return out

@@ -90,9 +90,7 @@ def fold_in_many(item_factors: np.ndarray, yty: np.ndarray, codes: np.ndarray,
     if rule.kind == "history":  # EASE: a sum over the history, no normal equations
         from pipelines.model import ease
 
-        keep = np.asarray(c1) > 0 if rule.alpha > 0 else np.ones(len(codes), bool)
-        return ease.fold_in(item_factors, np.asarray(codes)[keep], np.asarray(items)[keep],
-                            n_users)
+        return ease.fold_in(item_factors, codes, items, n_users)
     k = yty.shape[0]
     codes = np.asarray(codes, dtype=np.int64)
     items = np.asarray(items, dtype=np.int64)

@@ -45,6 +45,10 @@ class FoldInRule:
     reg_per_entry: bool = True
     kind: str = "ials"
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("ials", "history"):
+            raise ValueError(f"unknown fold-in kind {self.kind!r} (ials or history)")
+
     def ridge(self, n_items):
         """``λ_u`` for users with ``n_items`` entries (scalar or array)."""
         return self.reg * n_items if self.reg_per_entry else self.reg + 0 * np.asarray(n_items)
