@@ -78,18 +78,22 @@ def fold_in(y: np.ndarray, codes: np.ndarray, rows: np.ndarray,
     user and item with a positive weight; EASE's ``X`` is binary, so the weights do not
     matter). Returns (codes of users with an entry, ``(m, r + 1)`` float32 vectors).
 
-    Cost: ``O(nnz r)``; entries are summed in (user, item) order, so a user's vector is the
-    same bits whoever shares the call.
+    Cost: ``O(nnz r + n r)``: one sparse (users x items) times dense (items x r) product;
+    each row's entries are summed in item order, so a user's vector is the same bits
+    whoever shares the call.
     """
+    import scipy.sparse as sp
+
     codes = np.asarray(codes, np.int64)
     rows = np.asarray(rows, np.int64)
-    yy = np.asarray(y, np.float64)
-    width = yy.shape[1]
-    if codes.size:
-        pair = np.unique(np.stack([codes, rows], 1), axis=0)  # binary: a pair counts once
-        codes, rows = pair[:, 0], pair[:, 1]
-    users, inverse = np.unique(codes, return_inverse=True)
-    z = np.zeros((users.size, width), np.float64)
-    a = yy[rows, :-1] * yy[rows, -1:]
-    np.add.at(z[:, :-1], inverse, a)
-    return users, z.astype(np.float32)
+    y = np.asarray(y)
+    if codes.size == 0:
+        return np.zeros(0, np.int64), np.zeros((0, y.shape[1]), np.float32)
+    users, pos = np.unique(codes, return_inverse=True)
+    x = sp.csr_matrix((np.ones(codes.size), (pos, rows)), shape=(users.size, y.shape[0]))
+    x.sum_duplicates()
+    x.data[:] = 1.0  # binary: a pair counts once
+    a = y[:, :-1].astype(np.float64) * y[:, -1:].astype(np.float64)  # a_j = d_j b_j
+    z = np.zeros((users.size, y.shape[1]), np.float32)
+    z[:, :-1] = x @ a
+    return users, z
