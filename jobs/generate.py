@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pipelines.dev.generate import SyntheticSpec
 from pipelines.runtime import cli
 from pipelines.runtime.config import (
-    _RefusedError,
+    boolean,
     date_value,
     fraction,
     integer,
@@ -57,17 +57,6 @@ def add_spec_options(p) -> None:
                         "0.5 (the flags above override each)")
 
 
-def boolean(value) -> bool:
-    """A switch: a TOML boolean, or ``true/false``, ``1/0``, ``yes/no``, ``on/off`` text."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        word = value.strip().lower()
-        if word in ("true", "1", "yes", "on"):
-            return True
-        if word in ("false", "0", "no", "off"):
-            return False
-    raise _RefusedError("true or false")
 
 
 def spec_from(args, s, *, dirty_default: float = 0.0) -> SyntheticSpec:

@@ -103,10 +103,12 @@ def test_a_real_dag_run_and_its_rerun(tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
     # earlier days arrived by a backfill (ingest --all); the run for 2024-06-08 finds its
     # own day ingested already -- ingest is idempotent -- and goes on to train, score, check
-    env = airflow_env(tmp_path / "airflow", lh, LAKEREC_TRAIN_EVERY="1", LAKEREC_RETRIES="0")
+    env = airflow_env(tmp_path / "airflow", lh, LAKEREC_TRAIN_EVERY="1", LAKEREC_TUNE_EVERY="1",
+                      LAKEREC_RETRIES="0")
     assert airflow("db", "migrate", env=env).returncode == 0
     conf = json.dumps({"train_flags": ["--window-days", "8", "--holdout-days", "2",
-                                       "--rank", "8", "--max-iter", "5"],
+                                       "--rank", "8", "--max-iter", "5", "--tune-trials", "2",
+                                       "--promote-if", "better", "--min-eval-users", "1"],
                        "k": 5, "shuffle_partitions": 2})
 
     def run_date():
@@ -116,6 +118,7 @@ def test_a_real_dag_run_and_its_rerun(tmp_path):
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-5000:]
     assert "promoted to champion" in log
+    assert "trial 2/2: validation NDCG@5" in log  # tuning was due: the train task tuned
     assert "quality gate: passed" in log, log[-5000:]
     assert not [c for c in check_recommendations(str(lh), k=5) if c.violations]
     tables = (INTERACTIONS, QUARANTINE, USER_FACTORS, ITEM_FACTORS, ITEM_PLACEMENTS,

@@ -44,7 +44,8 @@ from tests.test_encoder import BUILD
 
 SPEC = SyntheticSpec(users=300, items=90, events=15_000, days=8, clusters=4, seed=5,
                      start=dt.date(2024, 2, 1), new_item_fraction=0.12)
-PARAMS = ModelCard(rank=8, max_iter=6, window_days=8, holdout_days=2, k=5)
+PARAMS = ModelCard(rank=8, max_iter=6, window_days=8, holdout_days=2, k=5,
+                   promote_if="better", min_eval_users=1, max_holdout_days=2)
 
 
 def arrow(lh, spec, **filters):

@@ -94,7 +94,9 @@ def test_weights_must_name_weighted_types():
 
 
 def test_the_model_card_round_trips_through_mlflow_params():
-    card = ModelCard(rank=8, alpha=2.0, reg=0.3, weights={"view": 1.0, "purchase": 4.0}) \
+    card = ModelCard(rank=8, alpha=2.0, reg=0.3, weights={"view": 1.0, "purchase": 4.0},
+                     window_days=30, trainer="ease", half_life_days=14.5, ease_lambda=80.0,
+                     promote_if="better", popularity_days=7, min_eval_users=3) \
         .with_window(dt.date(2024, 6, 28))
     params = card.to_params()
     assert all(isinstance(v, str) for v in params.values())
@@ -102,3 +104,9 @@ def test_the_model_card_round_trips_through_mlflow_params():
     assert card.end - card.start == dt.timedelta(days=card.window_days)
     # a run logged before a field existed reads back with that field's default
     assert ModelCard.from_params({"rank": "8"}) == ModelCard(rank=8)
+    # an unset (data-chosen) window is not logged and reads back unset
+    assert "window_days" not in ModelCard().to_params()
+    with pytest.raises(ValueError, match="chosen from the data"):
+        ModelCard().with_window(dt.date(2024, 6, 28))
+    with pytest.raises(ValueError, match="promote_if"):
+        ModelCard(promote_if="always")

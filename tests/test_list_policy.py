@@ -8,6 +8,7 @@ lists equal: items, ranks, sources (``als`` in batch is ``fold_in`` in the strea
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from pipelines.batch.score import load_serving_model, score
 from pipelines.batch.train import train
 from pipelines.dev.generate import SyntheticSpec
-from pipelines.model.card import ModelCard
+from pipelines.model.card import DEFAULTS, ModelCard
 from pipelines.model.trainer import FoldInRule
 from pipelines.serving import policy
 from pipelines.serving.model import ServingModel
@@ -113,14 +114,17 @@ def test_popularity_is_a_share_of_the_windows_users():
         card.end - dt.timedelta(days=3)
     latest = dt.datetime(2024, 7, 1, tzinfo=dt.UTC)
     assert policy.popularity_window(None, latest=latest).start == \
-        latest - dt.timedelta(days=ModelCard().window_days)
+        latest - dt.timedelta(days=DEFAULTS.popularity_days)
+    tuned = dataclasses.replace(card, popularity_days=4)
+    assert policy.popularity_window(tuned, latest=None).start == card.end - dt.timedelta(days=4)
 
 
 # --------------------------------------------------------------------------- batch = stream
 
 SPEC = SyntheticSpec(users=250, items=70, events=12_000, days=8, clusters=5, seed=11,
                      start=dt.date(2024, 4, 1))
-PARAMS = ModelCard(rank=8, max_iter=6, window_days=10, holdout_days=2, k=6)
+PARAMS = ModelCard(rank=8, max_iter=6, window_days=10, holdout_days=2, k=6,
+                   promote_if="better", min_eval_users=1, max_holdout_days=2)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ from tests.conftest import ROOT, VENV_BIN, ingested, job_env
 
 SPEC = SyntheticSpec(users=200, items=60, events=8_000, days=6, clusters=4, seed=9,
                      start=dt.date(2024, 4, 1))
-PARAMS = ModelCard(rank=4, max_iter=3, window_days=6, holdout_days=2, k=5)
+PARAMS = ModelCard(rank=4, max_iter=3, window_days=6, holdout_days=2, k=5,
+                   promote_if="better", min_eval_users=1, max_holdout_days=2)
 K = 5
 
 

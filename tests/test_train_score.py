@@ -26,7 +26,8 @@ from tests.conftest import ingested
 
 SPEC = SyntheticSpec(users=300, items=80, events=15_000, days=8, clusters=4, seed=3,
                      start=dt.date(2024, 2, 1))
-PARAMS = ModelCard(rank=8, max_iter=6, window_days=8, holdout_days=2, k=5)
+PARAMS = ModelCard(rank=8, max_iter=6, window_days=8, holdout_days=2, k=5,
+                   promote_if="better", min_eval_users=1, max_holdout_days=2)
 
 
 @pytest.fixture(scope="module")

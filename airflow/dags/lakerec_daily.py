@@ -21,6 +21,9 @@ Configuration, read when the DAG file is parsed (environment of the scheduler/da
 ``LAKEREC_ARCHIVES``       optional ``--archives`` value (the packed environment)
 ``LAKEREC_START_DATE``     first logical date (default 2024-06-01); ``LAKEREC_CATCHUP`` (0/1)
 ``LAKEREC_TRAIN_EVERY``    train cadence in days (default 7: a model a week, scoring daily)
+``LAKEREC_TUNE_EVERY``     tuning cadence in days (default 28; 0: never): on those days train
+                           runs with ``--tune`` and the winner becomes the lakehouse's
+                           defaults for the trainings in between
 ``LAKEREC_RETRIES``        retries per task (default 2, five minutes apart)
 ``LAKEREC_ENCODER_DIR``    the ONNX encoder export for ``embed`` (default: the checkout's
                            ``models/build/minilm``, built by ``make models``)
@@ -49,6 +52,7 @@ PY_FILES = os.environ.get("LAKEREC_PY_FILES") or None
 ARCHIVES = os.environ.get("LAKEREC_ARCHIVES") or None
 JOBS = os.environ.get("LAKEREC_JOBS", os.path.join(ROOT, "jobs"))
 TRAIN_EVERY = int(os.environ.get("LAKEREC_TRAIN_EVERY", "7"))
+TUNE_EVERY = int(os.environ.get("LAKEREC_TUNE_EVERY", "28"))
 START = dt.datetime.fromisoformat(os.environ.get("LAKEREC_START_DATE", "2024-06-01")).replace(
     tzinfo=dt.UTC)
 CATCHUP = os.environ.get("LAKEREC_CATCHUP", "0") == "1"
@@ -100,6 +104,12 @@ def spark_job(task_id: str, script: str, args, **kw) -> SparkSubmitOperator:
     )
 
 
+def tune_flags(logical_date) -> list[str]:
+    """``["--tune"]`` on the days tuning is due (counted from the start date), else ``[]``."""
+    days = (logical_date - START).days
+    return ["--tune"] if TUNE_EVERY and days % TUNE_EVERY == 0 else []
+
+
 with DAG(
     dag_id="lakerec_daily",
     description="ingest -> train -> embed -> place -> score -> compact -> quality gate, daily",
@@ -108,6 +118,7 @@ with DAG(
     catchup=CATCHUP,
     max_active_runs=1,
     render_template_as_native_obj=True,
+    user_defined_macros={"tune_flags": tune_flags},
     default_args={"retries": RETRIES, "retry_delay": dt.timedelta(minutes=5)},
     params={
         "lakehouse": Param(LAKEHOUSE, type="string"),
@@ -135,7 +146,8 @@ with DAG(
 
     train = spark_job("train", "train.py",
                       "{{ ['--lakehouse', params.lakehouse, '--as-of', ds, "
-                      "'--k', params.k | string] + params.train_flags }}")
+                      "'--k', params.k | string] + tune_flags(logical_date) "
+                      "+ params.train_flags }}")
     skip_train = EmptyOperator(task_id="skip_train")
     # "--k=N" in one token: a native-rendered "{{ params.k }}" alone would become an int
     embed = spark_job("embed", "embed.py", ["--k={{ params.k }}"],

@@ -35,6 +35,7 @@ from pyspark.sql import types as T
 from pipelines.batch import recommend
 from pipelines.model import content, encoder
 from pipelines.model.card import DEFAULTS
+from pipelines.serving import policy
 from pipelines.storage import delta
 from schemas.tables import ITEM_EMBEDDINGS, ITEM_FACTORS, ITEMS, SIMILAR_ITEMS
 
@@ -245,7 +246,7 @@ def evaluate_champion(lakehouse: str, *, model_version: int, encoder_version: in
     def table(spec, columns, flt):
         return delta.arrow_dataset(lakehouse, spec).to_table(columns=columns, filter=flt)
 
-    src_als = pc.field("source") == "als"
+    src_als = pc.field("source").isin(list(policy.TRAINED_SOURCES))
     items = table(ITEM_FACTORS, ["item_id", "factors"],
                   (pc.field("model_version") == model_version) & src_als).to_pandas()
     emb = table(ITEM_EMBEDDINGS, ["item_id", "embedding"],
@@ -255,8 +256,9 @@ def evaluate_champion(lakehouse: str, *, model_version: int, encoder_version: in
     try:
         con.register("user_factors", delta.arrow_dataset(lakehouse, USER_FACTORS))
         con.register("interactions", delta.arrow_dataset(lakehouse, INTERACTIONS))
-        con.execute("""CREATE TEMP TABLE sample AS SELECT user_id, factors FROM user_factors
-                       WHERE model_version = ? AND source = 'als'
+        trained = ", ".join(f"'{s}'" for s in policy.TRAINED_SOURCES)
+        con.execute(f"""CREATE TEMP TABLE sample AS SELECT user_id, factors FROM user_factors
+                       WHERE model_version = ? AND source IN ({trained})
                        ORDER BY md5(user_id), updated_at DESC LIMIT ?""",
                     [model_version, max_users])
         users = con.sql("SELECT DISTINCT ON (user_id) * FROM sample ORDER BY user_id").df()

@@ -27,6 +27,7 @@ from pyspark.sql import functions as F
 
 from pipelines.model import content
 from pipelines.model.card import DEFAULTS
+from pipelines.serving import policy
 from pipelines.storage import delta, tracking
 from schemas.tables import ITEM_EMBEDDINGS, ITEM_FACTORS, ITEM_PLACEMENTS, ITEMS
 
@@ -78,7 +79,7 @@ def place(spark, lakehouse: str, *, model_version: int | None = None,
         return PlaceReport(ref.version, enc, skipped=True, reason="inputs unchanged")
     trained = delta.read(spark, lakehouse, ITEM_FACTORS, version=inputs[5],
                          partitions={"model_version": [ref.version]}) \
-        .where(F.col("source") == "als").select("item_id", "factors")
+        .where(F.col("source").isin(*policy.TRAINED_SOURCES)).select("item_id", "factors")
     emb = delta.read(spark, lakehouse, ITEM_EMBEDDINGS, version=inputs[3],
                      partitions={"encoder_version": [enc]}).select("item_id", "embedding")
     catalog = delta.read(spark, lakehouse, ITEMS, version=inputs[4]).select("item_id")

@@ -65,7 +65,7 @@ def _arrow_rows(lakehouse: str, spec, columns: list[str], model_version: int, *,
         return None
     flt = pc.field("model_version") == model_version
     if trained_only:  # lakehouses of before `place` also hold placed rows (source = content)
-        flt = flt & (pc.field("source") == "als")
+        flt = flt & pc.field("source").isin(list(policy.TRAINED_SOURCES))
     return delta.arrow_dataset(lakehouse, spec, version).to_table(columns=columns, filter=flt)
 
 
@@ -253,7 +253,9 @@ def score(spark, lakehouse: str, *, k: int = DEFAULTS.k, model_version: int | No
         users = users.join(vecs, "user_id", "left")
     else:
         users = users.withColumn("factors", F.lit(None).cast("array<float>"))
-    recs = lists(spark, users, model, k=k, slots=new_item_slots).select(
+    trained_as = model.card.trainer if model.card is not None else "als"
+    recs = lists(spark, users, model, k=k, slots=new_item_slots,
+                 model_source=trained_as).select(
         "user_id", "rank", "item_id", "score", "source",
         F.lit(version).cast("long").alias("model_version"),
         F.lit(now).cast("timestamp").alias("generated_at")).persist()

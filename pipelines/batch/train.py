@@ -1,48 +1,65 @@
-"""Training: a window of interactions -> implicit ALS -> holdout evaluation -> MLflow -> factors.
+"""Training: a window of interactions -> a model -> a paired, bootstrapped gate -> MLflow.
 
 The window is ``[as_of + 1 day - window_days, as_of + 1 day)`` of event time, as known on
-``as_of`` (rows that arrived later are left out). Its last ``holdout_days`` are the global
-temporal holdout: the model is trained on the days before, and evaluated on the items each
-returning user touched in the holdout and had not touched before -- exactly what serving can
-recommend, since serving filters seen items the same way.
+``as_of`` (rows that arrived later are left out); with ``window_days`` unset it is chosen
+from the data (:func:`pipelines.batch.split.auto_window_days`). Two splits are cut from its
+end, both ``h`` days long, ``h`` sized to hold ``min_eval_users`` evaluated users
+(:func:`pipelines.batch.split.size_holdout`):
 
-The model family is a :class:`pipelines.model.trainer.Trainer` named by the card
-(``trainer = "als"``: Spark ML's ALS). Every model is evaluated through the same path
-(:mod:`pipelines.batch.evaluate`): user vectors folded in from the training history against
-the model's item factors with the model's own fold-in rule, then the serving top-K kernel.
-The champion is re-evaluated on exactly the factors it was trained with (placement of new
-items writes elsewhere: :mod:`pipelines.batch.place`). The current champion is re-evaluated on the
-same split, so "beats the champion" compares like with like. The served user vectors are
-folded in from the whole window, so the holdout days count for serving.
+* the **holdout** ``[cutoff, end)``: the model is trained on ``[start, cutoff)`` and judged
+  on the items each returning user touched in the holdout and had not touched before --
+  exactly what serving can recommend. It decides promotion, and nothing else looks at it;
+* the **validation split** ``[cutoff - h, cutoff)``, with training on the ``window - h``
+  days before it: the popularity baseline's window (:data:`POPULARITY_DAYS`) and, with
+  ``tune``, every setting of the search (:mod:`pipelines.model.tuning`) are chosen on it.
+
+The model family is a :class:`pipelines.model.trainer.Trainer` named by the card (``als``:
+Spark ML's ALS; ``ease``: EASE, for catalogs up to ``ease_max_items``, else ALS). Every
+model is evaluated through the same path (:mod:`pipelines.batch.evaluate`): user vectors
+folded in from the training history with the model's own fold-in rule, then the serving
+top-K kernel. The opponent is the champion, re-evaluated on exactly the factors it was
+trained with on the same split, or, with no champion, the tuned popularity list. The gate
+(:mod:`pipelines.model.gate`) pairs the two over the same users and bootstraps the mean NDCG
+gain; ``promote_if`` says whether a significant gain or any gain promotes. The served user
+vectors are folded in from the whole window, so the holdout days count for serving.
 
 Example
 -------
 >>> report = train(spark, "/lh", ModelCard(rank=64, max_iter=10))   # doctest: +SKIP
->>> report.metrics["ndcg"], report.baseline["ndcg"], report.promoted   # doctest: +SKIP
+>>> report.metrics["ndcg"], report.baseline["ndcg"], report.gain["low"]   # doctest: +SKIP
+>>> report = train(spark, "/lh", ModelCard(), tune=Budget(trials=12))   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.batch import evaluate, indexing, metrics, trainers
+from pipelines.batch import evaluate, indexing, metrics, split, trainers
 from pipelines.errors import DataError
+from pipelines.model import gate, tuning
 from pipelines.model.card import ModelCard
+from pipelines.serving import policy
 from pipelines.storage import delta, tracking
 from schemas.tables import INTERACTIONS, ITEM_FACTORS, ITEM_INDEX, USER_FACTORS, USER_INDEX
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DataError", "ModelCard", "TrainReport", "latest_date", "train", "train_key"]
+
+# popularity windows the baseline is chosen from on the validation split (None: the whole
+# training span), shortest last so that ties keep the longer, steadier list
+POPULARITY_DAYS = (None, 365, 180, 90, 30, 14, 7)
 
 
 @dataclass(frozen=True)
@@ -58,12 +75,21 @@ class TrainReport:
     window: tuple[str, str, str]
     counts: dict
     skipped: bool = False
+    gain: dict | None = None
+    trainer: str = "als"
+    settings: dict = dataclasses.field(default_factory=dict)
+    trials: int = 0
+    # 95% bootstrap intervals of the per-user means: {"model"|"popularity": {metric: (lo, hi)}}
+    intervals: dict = dataclasses.field(default_factory=dict)
 
 
-def train_key(as_of: _dt.date, params: ModelCard, interactions_version: int) -> str:
-    """What makes two trainings the same: the window, the settings and the input version."""
+def train_key(as_of: _dt.date, params: ModelCard, interactions_version: int,
+              tune: tuning.Budget | None = None) -> str:
+    """What makes two trainings the same: the window, the settings, the search and the
+    input version."""
     body = {**params.settings(), "as_of": as_of.isoformat(),
-            "interactions_version": interactions_version}
+            "interactions_version": interactions_version,
+            "tune": asdict(tune) if tune else None}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -84,12 +110,15 @@ def _finished_run(lakehouse: str, key: str, k: int) -> TrainReport | None:
             return None if any(v is None for v in got.values()) else \
                 {**got, "users": int(m.get("n_eval_users", 0))}
 
+        gain = ({"diff": m["gate_diff"], "low": m["gate_low"], "high": m["gate_high"],
+                 "users": int(m.get("n_eval_users", 0))} if "gate_diff" in m else None)
         return TrainReport(
             int(tags["factors.model_version"]), run.info.run_id, pick(""), pick("pop_"),
             pick("champion_"), int(tags["champion_version"]) if tags.get("champion_version")
             else None, tags.get("promoted") == "true", tags.get("decision", ""),
             (p.get("start", ""), p.get("cutoff", ""), p.get("end", "")),
-            {n[2:]: int(v) for n, v in m.items() if n.startswith("n_")}, skipped=True)
+            {n[2:]: int(v) for n, v in m.items() if n.startswith("n_")}, skipped=True,
+            gain=gain, trainer=p.get("trainer", "als"))
     return None
 
 
@@ -124,9 +153,130 @@ def champion_card(ref) -> ModelCard:
     return ModelCard.from_params(ref.params)
 
 
-def train(spark, lakehouse: str, params: ModelCard, *,
-          now: _dt.datetime | None = None) -> TrainReport:
-    """Train, evaluate, log, register; write factors; move ``champion`` if the model wins."""
+@dataclass
+class _Split:
+    """One time split: fit on ``[start, cutoff)``, judge on ``[cutoff, end)``."""
+
+    start: _dt.datetime
+    cutoff: _dt.datetime
+    end: _dt.datetime
+    relevant: DataFrame
+
+
+class _Data:
+    """The loaded events and the index, and the frames each split and card need (cached
+    per split and setting, unpersisted by :meth:`close`)."""
+
+    def __init__(self, spark, events: DataFrame, users: DataFrame, items: DataFrame,
+                 weights):
+        self.spark, self.events, self.users, self.items = spark, events, users, items
+        self.weights = weights
+        self.cached: list[DataFrame] = [events]
+        self._memo: dict = {}
+
+    def keep(self, df: DataFrame) -> DataFrame:
+        self.cached.append(df.persist())
+        return df
+
+    def pairs(self, start, cutoff, half_life: float = 0.0) -> DataFrame:
+        """``user_id, item_id, user_idx, item_idx, r`` of ``[start, cutoff)``; with a half-life,
+        decayed towards ``cutoff``."""
+        key = (start, cutoff, half_life)
+        if key not in self._memo:
+            ev = self.events.where((F.col("ts") >= F.lit(start)) & (F.col("ts") < F.lit(cutoff)))
+            conf = trainers.confidence(ev, weights=self.weights, half_life_days=half_life,
+                                       ref=cutoff)
+            self._memo[key] = self.keep(conf.join(self.users, "user_id").join(self.items,
+                                                                              "item_id"))
+        return self._memo[key]
+
+    def split(self, start, cutoff, end, max_users: int) -> _Split:
+        rel = self.keep(split.relevant_pairs(self.events, start=start, cutoff=cutoff, end=end,
+                                             max_users=max_users))
+        return _Split(start, cutoff, end, rel)
+
+    def close(self) -> None:
+        for df in self.cached:
+            df.unpersist()
+
+
+def _fit(spark, data: _Data, card: ModelCard, sp: _Split, item_names: dict):
+    """Train ``card`` on the split's training span and evaluate it on its relevant items.
+
+    Cost: one fit (the trainer's) and one :func:`pipelines.batch.evaluate.evaluate`.
+    """
+    start = sp.cutoff - _dt.timedelta(days=card.window_days - card.holdout_days)
+    hist = data.pairs(start, sp.cutoff)
+    fit_pairs = data.pairs(start, sp.cutoff, card.half_life_days) if card.half_life_days \
+        else hist
+    if fit_pairs.isEmpty():
+        raise DataError(f"no training events before the holdout ({start:%F} .. "
+                        f"{sp.cutoff:%F})")
+    model = trainers.get(card.trainer).fit(spark, fit_pairs, card)
+    item_ids = [item_names[int(i)] for i in model.item_idx]
+    scores = evaluate.evaluate(spark, y=model.y, item_idx=model.item_idx, item_ids=item_ids,
+                               train_hist=hist, relevant=sp.relevant, rule=model.rule,
+                               k=card.k)
+    return model, item_ids, hist, scores
+
+
+def _popularity(spark, data: _Data, card: ModelCard, sp: _Split, days: int | None):
+    start = sp.cutoff - _dt.timedelta(days=card.window_days - card.holdout_days)
+    hist = data.pairs(start, sp.cutoff)
+    counted = hist if days is None else \
+        hist.join(data.pairs(sp.cutoff - _dt.timedelta(days=days), sp.cutoff)
+                  .select("user_id", "item_id"), ["user_id", "item_id"], "left_semi")
+    return evaluate.evaluate_popularity(spark, train_hist=hist, relevant=sp.relevant,
+                                        k=card.k, counted=counted)
+
+
+def _tune_popularity(spark, data: _Data, card: ModelCard, val: _Split) -> int | None:
+    """The popularity window (days before the split, or None: the whole training span) with
+    the best validation NDCG among :data:`POPULARITY_DAYS` shorter than the span.
+
+    Cost: one popularity evaluation per candidate (a top-K job over the evaluated users).
+    """
+    span = card.window_days - card.holdout_days
+    best, best_ndcg = None, -1.0
+    for days in POPULARITY_DAYS:
+        if days is not None and days >= span:
+            continue
+        got = _popularity(spark, data, card, val, days)["ndcg"]
+        log.info("popularity over %s: validation NDCG@%d %.4f",
+                 "the whole span" if days is None else f"{days} days", card.k, got)
+        if got > best_ndcg:
+            best, best_ndcg = days, got
+    return best
+
+
+def _resolve_trainer(card: ModelCard, n_items: int) -> ModelCard:
+    if card.trainer == "ease" and n_items > card.ease_max_items:
+        log.warning("ease: %d items exceed ease_max_items = %d; training ALS instead",
+                    n_items, card.ease_max_items)
+        return dataclasses.replace(card, trainer="als")
+    return card
+
+
+def _paired(a: evaluate.Scores, b: evaluate.Scores, promote_if: str):
+    if not np.array_equal(a.users, b.users):  # both are scored on the same relevant users
+        raise AssertionError("gate: the two sides were scored on different users")
+    g = gate.paired_bootstrap(a.ndcg, b.ndcg)
+    return g, gate.decide(g, promote_if=promote_if)
+
+
+def train(spark, lakehouse: str, params: ModelCard, *, now: _dt.datetime | None = None,
+          tune: tuning.Budget | None = None,
+          on_trial: Callable[[tuning.Trial, tuning.Trial], None] | None = None
+          ) -> TrainReport:
+    """Train (after a search, with ``tune``), gate, log, register; write factors; move
+    ``champion`` if the gate says so.
+
+    Cost: reads the window's partitions once (the longest window a search may try, plus
+    the validation days) and caches them; per trial one fit and one evaluation on the
+    validation split; then one fit, three evaluations (model, popularity, champion) and the
+    fold-in of every user of the window. Driver memory: item-sized factors and the
+    evaluated users' (at most ``max_eval_users``) per-user metrics.
+    """
     import mlflow
 
     from pipelines.batch.recommend import item_matrix
@@ -135,88 +285,120 @@ def train(spark, lakehouse: str, params: ModelCard, *,
     _ensure_checkpoint_dir(spark, lakehouse)
     version = delta.open_table(lakehouse, INTERACTIONS).version()
     as_of = params.as_of or latest_date(lakehouse)
-    card = params.with_window(as_of)
-    start, cutoff, end = card.start, card.cutoff, card.end
-    trainer = trainers.get(card.trainer)
-    key = train_key(as_of, params, version)
-    done = _finished_run(lakehouse, key, card.k)
+    key = train_key(as_of, params, version, tune)
+    done = _finished_run(lakehouse, key, params.k)
     if done is not None:  # same window, settings and data: the model exists already
         log.info("already trained as model v%d (run %s); nothing to do", done.model_version,
                  done.run_id)
         return done
-    events = window_events(spark, lakehouse, version=version, card=card).persist()
-    cached = [events]
+    window = params.window_days or split.auto_window_days(
+        spark, lakehouse, version=version, as_of=as_of,
+        least=3 * params.holdout_days + 1)
+    base = dataclasses.replace(params, as_of=None, window_days=window)
+    windows = tuning.window_choices(window, longest=split.MAX_WINDOW_DAYS,
+                                    least=3 * params.holdout_days + 1) if tune else [window]
+    # the validation split's training span reaches back h days further than the holdout's
+    load = dataclasses.replace(base, window_days=max(windows) + base.max_holdout_days) \
+        .with_window(as_of)
+    events = window_events(spark, lakehouse, version=version, card=load).persist()
+    users = indexing.update_index(spark, lakehouse, USER_INDEX, events.select("user_id"))
+    items = indexing.update_index(spark, lakehouse, ITEM_INDEX, events.select("item_id"))
+    data = _Data(spark, events, users, items, base.weights)
     try:
-        users = indexing.update_index(spark, lakehouse, USER_INDEX, events.select("user_id"))
-        items = indexing.update_index(spark, lakehouse, ITEM_INDEX, events.select("item_id"))
-        conf_all = trainers.confidence(events, weights=card.weights)
-        conf_train = trainers.confidence(events.where(F.col("ts") < F.lit(cutoff)),
-                                         weights=card.weights)
-        train_hist = conf_train.join(users, "user_id").join(items, "item_id").persist()
-        cached.append(train_hist)
-        n_train = train_hist.count()
-        if n_train == 0:
-            raise DataError(f"no training events before the holdout ({start:%F} .. {cutoff:%F})")
-        test = events.where(F.col("ts") >= F.lit(cutoff)).select("user_id", "item_id").distinct()
-        relevant = (test.join(train_hist.select("user_id").distinct(), "user_id", "left_semi")
-                    .join(train_hist.select("user_id", "item_id"), ["user_id", "item_id"],
-                          "left_anti")).persist()
-        cached.append(relevant)
-        if relevant.isEmpty():
-            raise DataError(f"no returning users with new items in the holdout "
-                            f"({cutoff:%F} .. {end:%F}); widen --window-days or the data")
-
-        log.info("training %s rank=%d on %d user-item pairs (%s .. %s)", trainer.name,
-                 card.rank, n_train, f"{start:%F}", f"{cutoff:%F}")
-        model = trainer.fit(spark, train_hist, card)
-        y, item_idx = model.y, model.item_idx
+        probe = base.with_window(as_of)
+        h, n_eval = split.size_holdout(events.where(F.col("ts") >= F.lit(probe.start)), probe)
+        base = dataclasses.replace(base, holdout_days=h)
+        card = base.with_window(as_of)
         names = {r.item_idx: r.item_id for r in items.select("item_idx", "item_id").collect()}
-        item_ids = [names[int(i)] for i in item_idx]
+        n_items = data.pairs(card.start, card.cutoff).select("item_id").distinct().count()
+        base = _resolve_trainer(base, n_items)
+        cap = base.max_eval_users
+        val_cut = card.cutoff - _dt.timedelta(days=h)
+        val = data.split(val_cut - _dt.timedelta(days=window - h), val_cut, card.cutoff, cap)
+        # judged users: those with history in the base window, whatever window a trial
+        # picks, so that every training of the same data is judged on the same users
+        hold = data.split(card.start, card.cutoff, card.end, cap)
+        if hold.relevant.isEmpty():
+            if data.pairs(card.start, card.cutoff).isEmpty():
+                raise DataError(f"no training events before the holdout "
+                                f"({card.start:%F} .. {card.cutoff:%F})")
+            raise DataError(f"no returning users with new items in the holdout "
+                            f"({card.cutoff:%F} .. {card.end:%F}); widen --window-days or "
+                            "the data")
+        has_val = not val.relevant.isEmpty()
 
+        trials: list[tuning.Trial] = []
+        if tune is not None and has_val:
+            def score(c: ModelCard) -> dict:
+                c = _resolve_trainer(c, n_items)
+                return _fit(spark, data, c, val, names)[3].metrics
+
+            base, trials = tuning.search(base, score, tune, windows=windows,
+                                         on_trial=on_trial)
+        elif tune is not None:
+            log.warning("tuning skipped: the validation split (%s .. %s) has no evaluated "
+                        "users", f"{val_cut:%F}", f"{card.cutoff:%F}")
+        pop_days = _tune_popularity(spark, data, base, val) if has_val else None
+        base = dataclasses.replace(base, popularity_days=pop_days)
+        card = base.with_window(as_of)
+        trainer = trainers.get(card.trainer)
+
+        log.info("training %s on %d days (%s .. %s), holdout %d days with %d evaluated "
+                 "users", trainer.name, card.window_days - h, f"{card.start:%F}",
+                 f"{card.cutoff:%F}", h, n_eval)
+        model, item_ids, train_hist, scores = _fit(spark, data, card, hold, names)
+        baseline = _popularity(spark, data, card, hold, pop_days)
         k = card.k
-        scores = evaluate.evaluate(spark, y=y, item_idx=item_idx, item_ids=item_ids,
-                                   train_hist=train_hist, relevant=relevant, rule=model.rule,
-                                   k=k)
-        baseline = evaluate.evaluate_popularity(spark, train_hist=train_hist,
-                                                relevant=relevant, k=k)
         champ = tracking.get_alias(lakehouse)
-        champ_scores, decision = None, ""
+        champ_scores, decision, g = None, "", None
         if champ is not None:
             c_card = champion_card(champ)
-            if c_card.cutoff and c_card.cutoff > cutoff:
+            if c_card.cutoff and c_card.cutoff > card.cutoff:
                 decision = (f"champion v{champ.version} was trained on data up to "
                             f"{c_card.cutoff.isoformat()}, past this holdout: no fair "
                             "comparison")
             else:
-                # the trained rows only: lakehouses of before `place` hold placed ones too
                 cy, cidx, cids = item_matrix(delta.read(
                     spark, lakehouse, ITEM_FACTORS, partitions={"model_version": [champ.version]})
-                    .where(F.col("source") == "als"))
+                    .where(F.col("source").isin(*policy.TRAINED_SOURCES)))
                 champ_scores = evaluate.evaluate(
                     spark, y=cy, item_idx=cidx, item_ids=cids, train_hist=train_hist,
-                    relevant=relevant, rule=trainers.get(c_card.trainer).fold_in_rule(c_card),
-                    k=k)
+                    relevant=hold.relevant,
+                    rule=trainers.get(c_card.trainer).fold_in_rule(c_card), k=k)
         if decision:
             promote = False
-        elif champ_scores is None:
-            promote = scores["ndcg"] > baseline["ndcg"]
-            decision = (f"first model: NDCG@{k} {scores['ndcg']:.4f} vs popularity "
-                        f"{baseline['ndcg']:.4f}")
         else:
-            promote = scores["ndcg"] > champ_scores["ndcg"]
-            decision = (f"NDCG@{k} {scores['ndcg']:.4f} vs champion v{champ.version} "
-                        f"{champ_scores['ndcg']:.4f} on the same holdout")
+            opp, name = (baseline, "popularity") if champ_scores is None else \
+                (champ_scores, f"champion v{champ.version}")
+            g, promote = _paired(scores, opp, card.promote_if)
+            decision = (f"{'first model: ' if champ_scores is None else ''}NDCG@{k} "
+                        f"{scores['ndcg']:.4f} vs {name} {opp['ndcg']:.4f}; {g.describe()}; "
+                        f"promote if {card.promote_if}")
 
-        counts = {"events": events.count(), "train_pairs": n_train,
-                  "eval_users": scores["users"], "items_with_factors": len(item_ids)}
+        counts = {"events": data.pairs(card.start, card.end).count(),
+                  "train_pairs": train_hist.count(), "eval_users": scores["users"],
+                  "items_with_factors": len(item_ids), "holdout_days": h,
+                  "base_window_days": window,
+                  "tuning_trials": len(trials)}
         tracking.use(lakehouse)
-        with mlflow.start_run(experiment_id=tracking.experiment_id(lakehouse),
-                              run_name=f"{trainer.name}-{as_of}") as run:
+        exp = tracking.experiment_id(lakehouse)
+        with mlflow.start_run(experiment_id=exp,
+                              run_name=f"{trainer.name}-{as_of}-{now:%H%M%S}") as run:
+            for t in trials:
+                with mlflow.start_run(experiment_id=exp, nested=True,
+                                      run_name=f"trial-{t.number}"):
+                    mlflow.log_params({**dataclasses.replace(base, **t.settings)
+                                       .to_params(), "trial": t.number})
+                    mlflow.log_metrics({**{f"val_{m}_at_{k}": t.metrics[m]
+                                           for m in metrics.METRICS},
+                                        "seconds": t.seconds})
             mlflow.log_params(card.to_params())
             mlflow.log_metrics({**{f"{m}_at_{k}": scores[m] for m in metrics.METRICS},
                                 **{f"pop_{m}_at_{k}": baseline[m] for m in metrics.METRICS},
                                 **({f"champion_{m}_at_{k}": champ_scores[m]
                                     for m in metrics.METRICS} if champ_scores else {}),
+                                **({"gate_diff": g.diff, "gate_low": g.low,
+                                    "gate_high": g.high} if g else {}),
                                 **{f"n_{c}": v for c, v in counts.items()}})
             mlflow.set_tags({
                 "input.interactions.version": version,
@@ -229,24 +411,35 @@ def train(spark, lakehouse: str, params: ModelCard, *,
             })
             info = trainer.log_model(model, card)
             model_version = int(info.registered_model_version)
-            _write_factors(spark, lakehouse, model_version, model, item_ids, conf_all, users,
-                           items, now)
+            _write_factors(spark, lakehouse, model_version, model, item_ids,
+                           data.pairs(card.start, card.end), users, now, trainer.name)
             mlflow.set_tag("factors.model_version", model_version)
             if promote:
                 tracking.set_alias(lakehouse, model_version)
             mlflow.set_tag("promoted", str(promote).lower())
+            if trials:
+                tracking.remember_tuned(lakehouse, {**tuning.remembered(base),
+                                                    "trainer": base.trainer})
         log.info("model v%d: %s -> %s", model_version, decision,
                  "promoted to champion" if promote else "not promoted")
-        return TrainReport(model_version, run.info.run_id, scores, baseline, champ_scores,
+        return TrainReport(model_version, run.info.run_id, scores.metrics, baseline.metrics,
+                           champ_scores.metrics if champ_scores else None,
                            champ.version if champ else None, promote, decision,
-                           (start.isoformat(), cutoff.isoformat(), end.isoformat()), counts)
+                           (card.start.isoformat(), card.cutoff.isoformat(),
+                            card.end.isoformat()), counts,
+                           gain=asdict(g) if g else None, trainer=trainer.name,
+                           settings={n: getattr(card, n) for n in
+                                     ("window_days", "holdout_days", "popularity_days",
+                                      *tuning.SPACES.get(card.trainer, {}))},
+                           trials=len(trials),
+                           intervals={"model": scores.intervals(),
+                                      "popularity": baseline.intervals()})
     finally:
-        for df in cached:
-            df.unpersist()
+        data.close()
 
 
-def _write_factors(spark, lakehouse, model_version, model, item_ids, conf_all, users, items,
-                   now) -> None:
+def _write_factors(spark, lakehouse, model_version, model, item_ids, conf_all, users, now,
+                   source) -> None:
     """The model's trained ``item_factors`` and the served ``user_factors`` (every user of
     the window, solved from the whole window with the model's fold-in rule)."""
     import pandas as pd
@@ -256,16 +449,16 @@ def _write_factors(spark, lakehouse, model_version, model, item_ids, conf_all, u
     pdf = pd.DataFrame({"item_id": item_ids, "item_idx": model.item_idx.astype(np.int32),
                         "factors": [v.tolist() for v in model.y]})
     item_df = spark.createDataFrame(pdf, "item_id string, item_idx int, factors array<float>") \
-        .select("item_id", "item_idx", "factors", F.lit("als").alias("source"),
+        .select("item_id", "item_idx", "factors", F.lit(source).alias("source"),
                 ts.alias("updated_at"), F.lit(model_version).cast("long").alias("model_version"))
     delta.write(spark, item_df, lakehouse, ITEM_FACTORS, mode="overwrite",
                 partition={"model_version": model_version}, metadata=meta,
                 txn=delta.Txn(f"lakerec.train/v{model_version}/items", 1))
-    hist = conf_all.join(items, "item_id").select("user_id", "item_idx", "r")
+    hist = conf_all.select("user_id", "item_idx", "r")
     vecs = trainers.fold_in_users(spark, hist, model.y, model.item_idx, rule=model.rule)
     user_df = vecs.join(users, "user_id").select(
-        "user_id", "user_idx", "factors", F.lit("als").alias("source"), ts.alias("updated_at"),
-        F.lit(model_version).cast("long").alias("model_version"))
+        "user_id", "user_idx", "factors", F.lit(source).alias("source"),
+        ts.alias("updated_at"), F.lit(model_version).cast("long").alias("model_version"))
     delta.write(spark, user_df, lakehouse, USER_FACTORS, mode="overwrite",
                 partition={"model_version": model_version}, metadata=meta,
                 txn=delta.Txn(f"lakerec.train/v{model_version}/users", 1))

@@ -29,9 +29,15 @@ from schemas import events as event_types
 
 
 def confidence(events: DataFrame, *, weights: Mapping[str, float],
-               user_col: str = "user_id", item_col: str = "item_id") -> DataFrame:
+               user_col: str = "user_id", item_col: str = "item_id",
+               half_life_days: float = 0.0, ref=None) -> DataFrame:
     """``user, item, r`` with ``r_ui = sum_e r_e`` (:mod:`schemas.events`); pairs whose sum is
     not positive carry no preference and are dropped.
+
+    ``half_life_days > 0`` weighs each event by ``2^(-age / half_life_days)``, its age in days
+    before ``ref`` (a datetime: the end of the training span): recent events count more.
+    Only the pairs a model is fitted on decay; users are folded in from their plain history
+    (the stream keeps no event times per pair), so batch and stream vectors agree.
 
     Cost: one aggregation over ``events`` (a shuffle by pair).
     """
@@ -40,6 +46,11 @@ def confidence(events: DataFrame, *, weights: Mapping[str, float],
         w = F.when(F.col("event_type") == t, F.lit(float(v))).otherwise(w)
     for t in event_types.valued_types():
         w = F.when(F.col("event_type") == t.name, F.col("value")).otherwise(w)
+    if half_life_days > 0:
+        if ref is None:
+            raise ValueError("a decaying confidence needs its reference time")
+        age = (F.lit(ref).cast("double") - F.col("ts").cast("double")) / 86400.0
+        w = w * F.pow(F.lit(2.0), -age / F.lit(float(half_life_days)))
     return (events.groupBy(user_col, item_col).agg(F.sum(w).alias("r"))
             .where(F.col("r") > 0))
 
@@ -86,7 +97,83 @@ class SparkALS:
                                       pip_requirements=[f"pyspark=={pyspark.__version__}"])
 
 
-TRAINERS: dict[str, Trainer] = {t.name: t for t in (SparkALS(),)}
+def item_gram(spark, pairs: DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(item_idx of the items of ``pairs``, sorted; ``G = XᵀX`` of the binary user x item
+    matrix over them, float64).
+
+    Cost: each partition of ``pairs`` (``user_idx, item_idx``), grouped by user, builds its
+    rows of ``X`` as a scipy CSR block and its ``n x n`` part of ``G`` (co-occurrence
+    counts); the blocks are summed by ``treeReduce`` (``n²`` floats per partition move).
+    Nothing user-sized reaches the driver; the item-sized index does.
+    """
+    items = np.array(sorted(r[0] for r in pairs.select("item_idx").distinct().collect()),
+                     np.int64)
+    n = items.size
+    bc = spark.sparkContext.broadcast(items)
+    tasks = max(1, spark.sparkContext.defaultParallelism)
+
+    def block(rows):
+        import scipy.sparse as sp
+
+        u, i = [], []
+        for row in rows:
+            u.append(row[0])
+            i.append(row[1])
+        if not u:
+            return [np.zeros((n, n))]
+        codes, users = np.unique(np.asarray(u, np.int64), return_inverse=True)
+        cols = np.searchsorted(bc.value, np.asarray(i, np.int64))
+        x = sp.csr_matrix((np.ones(len(cols)), (users, cols)), shape=(codes.size, n))
+        x.data[:] = 1.0  # binary: a duplicated pair counts once
+        return [(x.T @ x).toarray()]
+
+    distinct = pairs.select("user_idx", "item_idx").distinct().repartition(tasks, "user_idx")
+    g = distinct.rdd.mapPartitions(block).treeReduce(np.add, depth=2)
+    return items, g
+
+
+class SparkEASE:
+    """EASE (:mod:`pipelines.model.ease`): the Gram matrix in Spark, one solve on the driver."""
+
+    name = "ease"
+
+    def fold_in_rule(self, card: ModelCard) -> FoldInRule:
+        return FoldInRule(alpha=1.0, reg=0.0, reg_per_entry=False, kind="history")
+
+    def fit(self, spark, pairs: DataFrame, card: ModelCard) -> TrainedModel:
+        """Train on ``(user_idx, item_idx, r)`` (binary: any positive ``r`` is a 1).
+
+        Cost: :func:`item_gram` plus :func:`pipelines.model.ease.item_vectors` on the driver
+        (``O(n³)`` for ``n`` items; the caller keeps ``n <= card.ease_max_items``).
+        """
+        from pipelines.model import ease
+
+        idx, g = item_gram(spark, pairs.where(F.col("r") > 0))
+        y = ease.item_vectors(g, lam=card.ease_lambda, rank=card.ease_rank)
+        return TrainedModel(idx, y, self.fold_in_rule(card),
+                            native={"item_idx": idx, "y": y, "lambda": card.ease_lambda})
+
+    def log_model(self, model: TrainedModel, card: ModelCard):
+        """Log the factors as an MLflow pyfunc (:mod:`pipelines.model.ease_pyfunc`) and
+        register it under the one recommender name, so the champion alias covers both."""
+        import os
+        import tempfile
+
+        import mlflow
+
+        from pipelines.model.ease_pyfunc import EaseRecommender
+        from pipelines.storage import tracking
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "factors.npz")
+            np.savez(path, item_idx=model.item_idx, y=model.y)
+            return mlflow.pyfunc.log_model(
+                name="model", python_model=EaseRecommender(k=card.k),
+                artifacts={"factors": path}, registered_model_name=tracking.ALS_MODEL,
+                pip_requirements=["numpy", "scipy"])
+
+
+TRAINERS: dict[str, Trainer] = {t.name: t for t in (SparkALS(), SparkEASE())}
 
 
 def get(name: str) -> Trainer:

@@ -83,6 +83,17 @@ def paired_bootstrap(challenger, opponent, *, level: float = 0.95, n_resamples: 
     return Gain(mean, float(ci.low), float(ci.high), n, level)
 
 
+def mean_interval(x, *, level: float = 0.95, n_resamples: int = 2000,
+                  seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``mean(x)`` (one side's metric over its users).
+
+    Cost: as :func:`paired_bootstrap`.
+    """
+    g = paired_bootstrap(x, np.zeros(np.asarray(x).shape), level=level,
+                         n_resamples=n_resamples, seed=seed)
+    return g.low, g.high
+
+
 def decide(gain: Gain, *, promote_if: str) -> bool:
     """Promote on a significant gain (``"significant"``) or on any gain (``"better"``)."""
     if promote_if == "significant":

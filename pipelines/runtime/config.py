@@ -43,8 +43,10 @@ __all__ = ["CONFIG_KEYS", "DEFAULT_LAKEHOUSE", "ENV_PREFIX", "Settings", "UsageE
 # section's key may also stand at the top level. Settings.get refuses a name not declared
 # here (a programming error caught by the tests); check_toml refuses a file with any other key.
 SHARED_KEYS = frozenset({"lakehouse", "allowed_roots"})
-_TRAIN = frozenset({"as_of", "window_days", "holdout_days", "rank", "alpha", "reg", "max_iter",
-                    "seed", "k", "weights"})
+_TRAIN = frozenset({"as_of", "trainer", "window_days", "holdout_days", "rank", "alpha", "reg",
+                    "max_iter", "seed", "k", "weights", "half_life_days", "ease_lambda",
+                    "ease_max_items", "min_eval_users", "max_holdout_days", "promote_if",
+                    "tune", "tune_trials", "tune_minutes"})
 _DATASET = frozenset({"users", "items", "events", "days", "clusters", "start", "seed",
                    "dirty_fraction", "drift", "item_lifetime_days", "churn", "dynamics"})
 _KAFKA = frozenset({"bootstrap", "topic", "security_protocol", "sasl_mechanism", "ssl_cafile",
@@ -338,6 +340,19 @@ def nonneg_float(value: Any) -> float:
     if v < 0:
         raise _RefusedError("a number >= 0")
     return v
+
+
+def boolean(value: Any) -> bool:
+    """A switch: a TOML boolean, or ``true/false``, ``1/0``, ``yes/no``, ``on/off`` text."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("true", "1", "yes", "on"):
+            return True
+        if word in ("false", "0", "no", "off"):
+            return False
+    raise _RefusedError("true or false")
 
 
 def fraction(value: Any) -> float:

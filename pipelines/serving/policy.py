@@ -21,9 +21,10 @@ with ``seen`` every item of their history:
 So every user gets exactly ``k`` rows unless fewer than ``k`` recommendable items are unseen.
 
 Popularity (:func:`popularity`) is the share of the distinct users of a window who touched
-the item; the window (:func:`popularity_window`) is the model's own training window (fixed
-per model version, so the stream's appends do not move it), or, with no model, the last
-``window_days`` of the data.
+the item; the window (:func:`popularity_window`) is the model's own: the last
+``popularity_days`` of its training window (chosen at training on the validation split; the
+whole window when unset), fixed per model version so the stream's appends do not move it;
+with no model, the last ``DEFAULTS.popularity_days`` of the data.
 
 Example
 -------
@@ -40,10 +41,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.model import topk
-from pipelines.model.card import ModelCard
+from pipelines.model.card import DEFAULTS, ModelCard
 from pipelines.serving.model import ServingModel
 
-SOURCES = ("als", "fold_in", "content", "popular")
+# the sources of trained rows (one per trainer: ``item_factors.source``, ``score``'s model
+# rows); ``fold_in`` marks the stream's refreshed vectors, ``content`` text-placed items
+TRAINED_SOURCES = ("als", "ease")
+SOURCES = (*TRAINED_SOURCES, "fold_in", "content", "popular")
 Kernel = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
@@ -65,11 +69,12 @@ def popularity_window(card: ModelCard | None, *, latest: _dt.datetime | None,
     time) anchors the window when there is no trained model.
     """
     if card is not None and card.end is not None:
-        return PopularityWindow(card.end - _dt.timedelta(days=days or card.window_days),
-                                card.end, card.as_of)
+        return PopularityWindow(
+            card.end - _dt.timedelta(days=days or card.popularity_days or card.window_days),
+            card.end, card.as_of)
     if latest is None:
         return PopularityWindow(None, None, None)
-    return PopularityWindow(latest - _dt.timedelta(days=days or ModelCard().window_days),
+    return PopularityWindow(latest - _dt.timedelta(days=days or DEFAULTS.popularity_days),
                             None, None)
 
 
@@ -142,7 +147,7 @@ def recommend(model: ServingModel, vectors: np.ndarray, has_vec: np.ndarray,
     has_vec : (B,) bool
     seen : CSR ``(indptr, rows)``: each user's seen items as universe rows (``model.row``)
     k, slots : list length and new-item slots
-    model_source : ``als`` or ``fold_in``
+    model_source : the trainer's name (``als``, ``ease``) or ``fold_in``
     kernel : the top-K kernel for the model rows (default the CPU kernel,
         :func:`pipelines.model.topk.topk_block`; ``score`` passes the GPU one on GPU tasks)
 

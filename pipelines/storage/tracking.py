@@ -72,6 +72,35 @@ def experiment_id(lakehouse: str, name: str = EXPERIMENT) -> str:
         return exp.experiment_id
 
 
+def find_experiment(lakehouse: str, name: str = EXPERIMENT):
+    """The experiment, or None when there is none (nothing is created: no store file)."""
+    if not os.environ.get("MLFLOW_TRACKING_URI") and \
+            not os.path.exists(os.path.join(lakehouse, "mlflow.db")):
+        return None
+    return client(lakehouse).get_experiment_by_name(name)
+
+
+# the experiment tag a tuned lakehouse keeps its next training defaults in (JSON)
+TUNED_TAG = "lakerec.tuned"
+
+
+def tuned_settings(lakehouse: str) -> dict[str, str]:
+    """The settings the last ``train --tune`` chose, as strings ({} if none; creates nothing)."""
+    import json
+
+    exp = find_experiment(lakehouse)
+    if exp is None or TUNED_TAG not in exp.tags:
+        return {}
+    return {k: str(v) for k, v in json.loads(exp.tags[TUNED_TAG]).items() if v is not None}
+
+
+def remember_tuned(lakehouse: str, settings: dict) -> None:
+    import json
+
+    client(lakehouse).set_experiment_tag(experiment_id(lakehouse), TUNED_TAG,
+                                         json.dumps(settings, sort_keys=True))
+
+
 @dataclass(frozen=True)
 class ModelRef:
     name: str
