@@ -309,6 +309,8 @@ def train(spark, lakehouse: str, params: ModelCard, *, now: _dt.datetime | None 
         h, n_eval = split.size_holdout(events.where(F.col("ts") >= F.lit(probe.start)), probe)
         base = dataclasses.replace(base, holdout_days=h)
         card = base.with_window(as_of)
+        # a trial window must leave days to train on before the validation split
+        windows = [w for w in windows if w > 2 * h] or [window]
         names = {r.item_idx: r.item_id for r in items.select("item_idx", "item_id").collect()}
         n_items = data.pairs(card.start, card.cutoff).select("item_id").distinct().count()
         base = _resolve_trainer(base, n_items)
@@ -375,7 +377,7 @@ def train(spark, lakehouse: str, params: ModelCard, *, now: _dt.datetime | None 
                         f"{scores['ndcg']:.4f} vs {name} {opp['ndcg']:.4f}; {g.describe()}; "
                         f"promote if {card.promote_if}")
 
-        counts = {"events": data.pairs(card.start, card.end).count(),
+        counts = {"events": events.where(F.col("ts") >= F.lit(card.start)).count(),
                   "train_pairs": train_hist.count(), "eval_users": scores["users"],
                   "items_with_factors": len(item_ids), "holdout_days": h,
                   "base_window_days": window,
