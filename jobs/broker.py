@@ -32,7 +32,8 @@ class BrokerConfig:
 
 def parse(argv: list[str] | None) -> BrokerConfig:
     p = cli.parser("broker", "Start, stop or query the local Kafka-compatible broker.")
-    p.add_argument("action", choices=("start", "stop", "status"))
+    p.add_argument("action", choices=("start", "stop", "status"),
+                   help="start (in the background), stop, or status (its address)")
     p.add_argument("--port", type=positive_int, help="port on 127.0.0.1 (default: a free one)")
     p.add_argument("--storage", default="memory://tansu/",
                    help="tansu storage engine URL (default memory://tansu/: lost on stop)")

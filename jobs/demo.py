@@ -1,7 +1,7 @@
 """lakerec demo: the whole batch loop end to end on the embedded defaults.
 
     lakerec demo [--lakehouse ./lakehouse] [--users 20000] [--items 5000] [--events 1000000]
-                 [--days 30] [--dirty-fraction 0.002] [--rank 32] [--k 10]
+                 [--days 30] [--start YYYY-MM-DD] [--dirty-fraction 0.002] [--rank 32] [--k 10]
 
 generate -> ingest every day (+ catalog) -> train (holdout evaluation, MLflow, champion)
 -> embed (ONNX MiniLM item embeddings, similar items, cold-start evaluation) -> score (new
@@ -14,13 +14,16 @@ are skipped, so a second run only trains a new model and compares it with the ch
 
 from __future__ import annotations
 
+import datetime as _dt
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pipelines.dev.generate import SyntheticSpec
 from pipelines.model.card import ModelCard
 from pipelines.runtime import cli
+
+DEMO_DIRTY_FRACTION = 0.002  # a few bad rows, so the demo shows the quarantine at work
 
 
 @dataclass(frozen=True)
@@ -37,12 +40,16 @@ def parse(argv: list[str] | None) -> DemoConfig:
     from jobs.train import add_train_options, params_from
 
     p = cli.parser("demo", "Generate, ingest, train, score and summarise, end to end.")
-    add_spec_options(p)
+    add_spec_options(p, dirty_default=DEMO_DIRTY_FRACTION,
+                     start_help="first day, YYYY-MM-DD (default: --days before today, so the "
+                                "logs end today; a re-run keeps the first run's)")
     add_train_options(p, ("rank", "k", "max-iter"))
     p.add_argument("--no-stream", action="store_true",
                    help="skip the streaming part (broker, stream, live refresh)")
     args, s = cli.parse_args(p, argv, section="demo")
-    spec = spec_from(args, s, dirty_default=0.002)
+    spec = spec_from(args, s, dirty_default=DEMO_DIRTY_FRACTION)
+    if s.get("start", flag=args.start, default=None) is None:
+        spec = replace(spec, start=demo_start(s.lakehouse, spec.days))
     params = params_from(args, s, window_days=spec.days,
                          holdout_days=min(ModelCard().holdout_days, max(1, spec.days // 5)),
                          seed=spec.seed)
@@ -178,7 +185,6 @@ def recommendations_of(lakehouse: str, user: str, k: int):
 
 def stream_demo(spark, lakehouse: str, user: str, k: int, timeout_s: float = 180.0) -> None:
     """Broker + stream in this session; a burst of purchases from a new taste cluster."""
-    import datetime as _dt
     import json
     import os
 
@@ -207,7 +213,7 @@ def stream_demo(spark, lakehouse: str, user: str, k: int, timeout_s: float = 180
         # list can show them (bought, they would be filtered out as seen)
         category, items = feedback.untouched_cluster_items(lakehouse, user, n=5, skip=5)
         print(f"\n== {user} buys {len(items)} items from {category!r} (its 6th-10th best "
-              f"sellers), a category they never touched: {', '.join(items)}")
+              f"sellers), the category they had touched least: {', '.join(items)}")
         p = feedback.make_producer(st.bootstrap, one_record_per_batch=True)
         t0 = time.perf_counter()
         feedback.send(p, "feedback", feedback.purchases([user], items))
@@ -226,6 +232,26 @@ def stream_demo(spark, lakehouse: str, user: str, k: int, timeout_s: float = 180
     finally:
         stop_after_batch(ctx, q)
         broker.stop(folder)
+
+
+def demo_start(lakehouse: str, days: int) -> _dt.date:
+    """The demo's first day: the one its lakehouse was generated with, else ``days`` days
+    before today: events span ``days`` days from it and arrive up to a day later, so the
+    last log partition (arrival date) is today.
+
+    The stream stamps its events with the wall clock and files them under today's ``dt``;
+    logs that ended in 2024 would leave every later job's "today" years past the data (a
+    holdout with no training days before it). A re-run keeps the data it made first, so its
+    steps find their work done.
+    """
+    import os
+
+    from pipelines.storage import landing
+
+    made = landing.read_manifest(os.path.join(lakehouse, "landing", "events"))
+    if made and made.get("generator") == "lakerec.generate" and "start" in made:
+        return _dt.date.fromisoformat(made["start"])
+    return _dt.datetime.now(_dt.UTC).date() - _dt.timedelta(days=days)
 
 
 def main(argv: list[str] | None = None) -> int:

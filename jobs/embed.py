@@ -74,7 +74,7 @@ def parse(argv: list[str] | None) -> EmbedConfig:
                                          f"cold-start evaluation ({DEFAULTS.content_reg})")
     p.add_argument("--k", help=f"cut-off of the evaluation's recall ({DEFAULTS.k})")
     args, s = cli.parse_args(p, argv, section="embed")
-    s.existing_lakehouse()  # reads one: a mistyped path is a usage error
+    s.existing_lakehouse("items")  # reads it: a mistyped path is a usage error
     s.check_writable(s.lakehouse, "--lakehouse")
     holdout = s.get("holdout", flag=args.holdout, default=0.1, cast=fraction)
     if not 0 < holdout < 1:

@@ -49,8 +49,12 @@ SYNTHETIC_FLAGS = {"users": "distinct users (20000)", "items": "catalog size (50
               "churn": "share of users who join late and/or leave early (0)"}
 
 
-def add_spec_options(p) -> None:
+def add_spec_options(p, *, dirty_default: float = 0.0, start_help: str | None = None) -> None:
     for flag, help_ in SYNTHETIC_FLAGS.items():
+        if flag == "dirty-fraction":  # the defaults a command may set for itself
+            help_ = help_.replace("(0)", f"({dirty_default:g})")
+        elif flag == "start" and start_help:
+            help_ = start_help
         p.add_argument(f"--{flag}", help=help_)
     p.add_argument("--dynamics", action="store_true",
                    help="time dynamics on: 180 days, drift 0.3, item lifetime 60 days, churn "
@@ -69,7 +73,8 @@ def spec_from(args, s, *, dirty_default: float = 0.0) -> SyntheticSpec:
     try:
         return SyntheticSpec(
             **ints,
-            start=s.get("start", flag=args.start, default=d.start, cast=date_value),
+            start=s.get("start", flag=args.start, default=d.start,
+                        cast=date_value),
             seed=s.get("seed", flag=args.seed, default=d.seed, cast=integer),
             dirty_fraction=s.get("dirty_fraction", flag=args.dirty_fraction,
                                  default=dirty_default, cast=fraction),

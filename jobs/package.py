@@ -27,7 +27,7 @@ def parse(argv: list[str] | None) -> PackageConfig:
     p = cli.ArgumentParser(prog="lakerec package", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="dist", help="output folder (dist)")
     p.add_argument("--no-env", action="store_true", help="only the --py-files zip")
-    p.add_argument("--log-level")
+    p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING")
     a = p.parse_args(argv)
     from pipelines.runtime.config import refuse_system_folder
 

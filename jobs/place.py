@@ -37,7 +37,7 @@ def parse(argv: list[str] | None) -> PlaceConfig:
     p.add_argument("--content-reg", help="ridge penalty of the text -> factor map "
                                          f"({DEFAULTS.content_reg})")
     args, s = cli.parse_args(p, argv, section="place")
-    s.existing_lakehouse()  # reads one: a mistyped path is a usage error
+    s.existing_lakehouse("items")  # reads it: a mistyped path is a usage error
     s.check_writable(s.lakehouse, "--lakehouse")
     return PlaceConfig(
         s.lakehouse,

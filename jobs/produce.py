@@ -3,7 +3,7 @@
     lakerec produce --from-logs PATH [--rate 1000] [--limit N]     replay log lines as they are
     lakerec produce --users u1,u2 --items i1,i2 [--event-type purchase]
     lakerec produce --users u1 --new-cluster [--count 5]           purchases from a category
-                                                                   the user never touched
+                                                                   the user touched least
 Common: --bootstrap HOST:PORT (default: the local broker of `lakerec broker start`),
 --topic feedback, and the Kafka security options of `lakerec stream`.
 """
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from pipelines.runtime import cli
 from pipelines.runtime.config import UsageError, positive_float, positive_int
+from schemas.events import EVENT_TYPES
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,11 @@ def parse(argv: list[str] | None) -> ProduceConfig:
     src.add_argument("--users", help="comma-separated user ids for synthetic feedback")
     p.add_argument("--items", help="comma-separated item ids each user buys")
     p.add_argument("--new-cluster", action="store_true",
-                   help="buy the top items of a category the user never touched")
+                   help="buy the top items of the category the user touched least")
     p.add_argument("--count", type=positive_int, default=5, help="items per user (--new-cluster)")
     p.add_argument("--event-type", default="purchase",
-                   choices=("view", "click", "add_to_cart", "purchase"))
+                   choices=[t.name for t in EVENT_TYPES],
+                   help="event type of the synthetic events (purchase)")
     p.add_argument("--rate", type=positive_float, help="records per second (default: as fast as possible)")
     p.add_argument("--limit", type=positive_int, help="stop after this many records")
     p.add_argument("--batching", action="store_true",

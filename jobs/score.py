@@ -33,7 +33,7 @@ def parse(argv: list[str] | None) -> ScoreConfig:
                    help="places per list reserved for items placed by their text "
                         f"({DEFAULTS.new_item_slots}; 0 = none)")
     args, s = cli.parse_args(p, argv, section="score")
-    s.existing_lakehouse()  # reads one: a mistyped path is a usage error
+    s.existing_lakehouse("interactions")  # reads it: a mistyped path is a usage error
     s.check_writable(s.lakehouse, "--lakehouse")
     return ScoreConfig(
         s.lakehouse, s.get("k", flag=args.k, default=DEFAULTS.k, cast=positive_int),

@@ -42,22 +42,26 @@ _KAFKA_FLAGS = {  # flag -> source option
 }
 
 
-def add_kafka_options(p) -> None:
+def add_kafka_options(p, *, topic: bool = True) -> None:
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (env LAKEREC_BOOTSTRAP; "
                                        "default: the broker of `lakerec broker start`)")
-    p.add_argument("--topic", help="topic (default feedback)")
+    if topic:
+        p.add_argument("--topic", help="topic (default feedback)")
     p.add_argument("--security-protocol", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT",
-                                                   "SASL_SSL"))
-    p.add_argument("--sasl-mechanism", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
-    p.add_argument("--ssl-cafile")
-    p.add_argument("--ssl-certfile")
-    p.add_argument("--ssl-keyfile")
+                                                   "SASL_SSL"),
+                   help="how to reach the brokers (default PLAINTEXT)")
+    p.add_argument("--sasl-mechanism", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+                   help="SASL mechanism (user and password from env LAKEREC_KAFKA_SASL_USERNAME "
+                        "and LAKEREC_KAFKA_SASL_PASSWORD)")
+    p.add_argument("--ssl-cafile", help="CA bundle (PEM) that signed the brokers' certificates")
+    p.add_argument("--ssl-certfile", help="client certificate (PEM), for mutual TLS")
+    p.add_argument("--ssl-keyfile", help="the client certificate's private key (PEM; its password from env "
+                        "LAKEREC_KAFKA_SSL_KEY_PASSWORD)")
 
 
 def kafka_settings(args, s) -> tuple[str, str, dict]:
     """(bootstrap, topic, kafka.* options) from flags > env > lakerec.toml > the local broker."""
     from pipelines.dev import broker
-    from pipelines.streaming.kafka_source import KafkaConfigError, client_config
 
     bootstrap = s.get("bootstrap", flag=args.bootstrap, default=None)
     if bootstrap is None:
@@ -67,6 +71,13 @@ def kafka_settings(args, s) -> tuple[str, str, dict]:
                              "(start one with: lakerec broker start)")
         bootstrap = st.bootstrap
     topic = s.get("topic", flag=args.topic, default="feedback")
+    return str(bootstrap), str(topic), security_options(args, s, bootstrap)
+
+
+def security_options(args, s, bootstrap: str) -> dict:
+    """The ``kafka.*`` security options (TLS, SASL) from flags > env > lakerec.toml, checked."""
+    from pipelines.streaming.kafka_source import KafkaConfigError, client_config
+
     opts = {o: s.get(name, flag=getattr(args, name), default=None)
             for name, o in _KAFKA_FLAGS.items()}
     opts = {k: str(v) for k, v in opts.items() if v is not None}
@@ -74,7 +85,7 @@ def kafka_settings(args, s) -> tuple[str, str, dict]:
         client_config({"kafka.bootstrap.servers": bootstrap, **opts})
     except KafkaConfigError as e:
         raise UsageError(str(e)) from None
-    return str(bootstrap), str(topic), opts
+    return opts
 
 
 def parse(argv: list[str] | None) -> StreamConfig:

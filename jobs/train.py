@@ -162,7 +162,7 @@ def parse(argv: list[str] | None) -> TrainConfig:
     p.add_argument("--tune-minutes", help=f"tuning budget in minutes (default "
                                           f"{Budget.minutes:g})")
     args, s = cli.parse_args(p, argv, section="train")
-    s.existing_lakehouse()  # reads one: a mistyped path is a usage error
+    s.existing_lakehouse("interactions")  # reads it: a mistyped path is a usage error
     tune, tuned = None, {}
     if args.tune or s.get("tune", flag=None, default=False, cast=boolean):
         # a search starts afresh from the defaults and the flags (so that re-running the

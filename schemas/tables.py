@@ -268,6 +268,13 @@ ITEM_PLACEMENTS = TableSpec(
     key=("model_version", "item_id"),
 )
 
+# The commit metadata key every write of ``recommendations`` records its list length K under:
+# ``lakerec check`` judges the lists by the K they were made with.
+LIST_LENGTH_KEY = "lakerec.k"
+# ... and ``score`` the model version it served under this one: a commit carrying it holds a
+# full set of lists (the stream's commits refresh some users'; compaction folds them in)
+MODEL_VERSION_KEY = "lakerec.model_version"
+
 RECOMMENDATIONS = TableSpec(
     name="recommendations",
     doc="Top-K lists, merge-on-read: each user's current list is their rows with the latest "
@@ -277,7 +284,7 @@ RECOMMENDATIONS = TableSpec(
         _c("rank", "int", False, "1 = best"),
         _c("item_id", "string", False),
         _c("score", "float", False, "model score (ALS dot product, or popularity share)"),
-        _c("source", "string", False, "als | fold_in | popular | content"),
+        _c("source", "string", False, "als | ease | fold_in | popular | content"),
         _c("model_version", "long", True, "the model the run served; null if none existed"),
         _c("generated_at", "timestamp", False, "when the list was made; the latest is current"),
     ),

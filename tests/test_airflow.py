@@ -31,7 +31,9 @@ pytestmark = [
                        reason="Airflow's environment is missing: make airflow-venv"),
 ]
 EDGES = [["compact", "quality_gate"], ["embed", "place"], ["ingest", "train_due"],
-         ["place", "score"], ["score", "compact"],
+         ["maintain_due", "maintain"], ["maintain_due", "skip_maintain"],
+         ["place", "score"], ["quality_gate", "maintain_due"], ["quality_gate", "status"],
+         ["score", "compact"],
          ["skip_train", "embed"], ["train", "embed"], ["train_due", "skip_train"],
          ["train_due", "train"], ["wait_for_logs", "ingest"]]
 INSPECT = """
@@ -86,11 +88,12 @@ def test_dag_imports_with_the_documented_graph(tmp_path):
     assert got["max_active_runs"] == 1
     spark_tasks = {t for t, op in got["operators"].items() if op == "SparkSubmitOperator"}
     assert spark_tasks == {"ingest", "train", "embed", "place", "score", "compact",
-                           "quality_gate"}
+                           "quality_gate", "maintain", "status"}
     assert all(got["retries"][t] > 0 for t in ("ingest", "train", "embed", "place", "score"))
     readme = (ROOT / "README.md").read_text()
     assert "wait_for_logs → ingest → train_due → train | skip_train → embed → place → " \
-        "score → compact → quality_gate" in readme
+        "score → compact → quality_gate → status, maintain_due → maintain | skip_maintain" \
+        in readme
 
 
 def test_a_real_dag_run_and_its_rerun(tmp_path):
@@ -120,6 +123,8 @@ def test_a_real_dag_run_and_its_rerun(tmp_path):
     assert "promoted to champion" in log
     assert "trial 2/2: validation NDCG@5" in log  # tuning was due: the train task tuned
     assert "quality gate: passed" in log, log[-5000:]
+    # 2024-06-08 is 7 days after the start: table upkeep was due
+    assert "checkpoint and vacuum (retention 168 h)" in log, log[-5000:]
     assert not [c for c in check_recommendations(str(lh), k=5) if c.violations]
     tables = (INTERACTIONS, QUARANTINE, USER_FACTORS, ITEM_FACTORS, ITEM_PLACEMENTS,
               RECOMMENDATIONS, ITEM_EMBEDDINGS, SIMILAR_ITEMS)

@@ -26,6 +26,8 @@ def landed(tmp_path):
     part = lh / "landing" / "events" / "dt=2024-05-01"
     part.mkdir(parents=True)
     (part / "a.jsonl").write_text('{"event_id":"e1"}\n')
+    for table in ("interactions", "items"):  # what the commands that read a lakehouse need
+        (lh / table / "_delta_log").mkdir(parents=True)
     return lh
 
 
@@ -91,6 +93,7 @@ def test_environment_and_toml_settings(tmp_path):
 
 
 def test_sql_errors_are_one_line(tmp_path):
+    (tmp_path / "landing").mkdir()  # a lakehouse with nothing ingested yet
     r = lakerec("sql", "--lakehouse", str(tmp_path), "select * from read_csv('/etc/passwd')")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     r = lakerec("sql", "--lakehouse", str(tmp_path), "selec 1")
@@ -189,3 +192,53 @@ def test_symlinks_leading_out_of_the_lakehouse_are_refused(tmp_path):
     assert r.returncode == 2 and "outside the lakehouse" in r.stderr, r.stderr
     assert not os.listdir(outside / "items")  # nothing was written through the link
     assert snapshot(outside / "events") == before
+
+
+def test_every_flag_of_every_command_has_help(monkeypatch):
+    """``lakerec <command> --help`` explains each option: none is left to guess."""
+    import argparse
+    import importlib
+
+    from jobs.cli import COMMANDS
+    from pipelines.runtime import cli
+
+    class CapturedError(Exception):
+        pass
+
+    def capture(self, *_a, **_k):
+        raise CapturedError(self)
+
+    monkeypatch.setattr(cli.ArgumentParser, "parse_args", capture)
+    bare = []
+    for command, (module, _) in COMMANDS.items():
+        with pytest.raises(CapturedError) as got:
+            importlib.import_module(module).parse([])
+        parser = got.value.args[0]
+        bare += [f"{command} {a.option_strings or a.dest}" for a in parser._actions
+                 if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
+    assert bare == []
+
+
+def test_the_demo_data_ends_today_and_a_rerun_keeps_its_first_start(tmp_path):
+    """The stream files its events under today's date: the demo's logs must end today, or
+    the next `lakerec train` finds no training days before its holdout. A re-run (on any
+    later day) keeps the data it generated first."""
+    import datetime as dt
+    import json
+
+    from jobs import demo
+
+    lh = tmp_path / "lh"
+    today = dt.datetime.now(dt.UTC).date()
+    assert demo.parse(["--lakehouse", str(lh), "--days", "12"]).spec.start == \
+        today - dt.timedelta(days=12)  # events on D .. D+11, arriving up to D+12: today
+    assert demo.parse(["--lakehouse", str(lh), "--dynamics"]).spec.start == \
+        today - dt.timedelta(days=180)
+    events = lh / "landing" / "events"
+    events.mkdir(parents=True)
+    (events / "_lakerec_manifest.json").write_text(json.dumps(
+        {"generator": "lakerec.generate", "start": "2026-01-05", "days": 12}))
+    assert demo.parse(["--lakehouse", str(lh), "--days", "12"]).spec.start == \
+        dt.date(2026, 1, 5)
+    assert demo.parse(["--lakehouse", str(lh), "--start", "2025-03-01"]).spec.start == \
+        dt.date(2025, 3, 1)

@@ -162,3 +162,25 @@ def stream_lists(lh, users):
     return keep.set_column(keep.schema.get_field_index("generated_at"), "generated_at", now) \
         .set_column(keep.schema.get_field_index("source"), "source",
                     pa.array(["fold_in"] * keep.num_rows))
+
+
+def test_the_demo_leaves_a_lakehouse_every_command_accepts(tmp_path):
+    """The demo's stream files its purchases under today's date: the logs end today too, so a
+    second demo, a plain ``train``, ``score`` and ``check`` (K as score wrote it) all work."""
+    lh = str(tmp_path / "lh")
+    lakerec = str(VENV_BIN / "lakerec")
+    demo = [lakerec, "demo", "--lakehouse", lh, "--users", "300", "--items", "80",
+            "--events", "15000", "--days", "8", "--clusters", "4", "--rank", "8",
+            "--max-iter", "3", "--k", "5"]
+    out = run(demo)
+    assert "refreshed" in out.stdout, out.stdout[-3000:]
+    (last,), = query(lh, "SELECT max(dt) FROM interactions WHERE ingest_id LIKE 'ingest:%'")[1]
+    (streamed,), = query(lh, "SELECT max(dt) FROM interactions WHERE ingest_id LIKE 'stream:%'")[1]
+    assert streamed is not None and last == streamed  # the stream's day is the logs' last
+    run([*demo, "--no-stream"])  # and again
+    run([lakerec, "train", "--lakehouse", lh, "--rank", "8", "--max-iter", "3",
+         "--min-eval-users", "20"])
+    run([lakerec, "score", "--lakehouse", lh, "--k", "5"])
+    out = run([lakerec, "check", "--lakehouse", lh])
+    assert "lists of K = 5" in out.stdout and "quality gate: passed" in out.stdout
+    run([lakerec, "report", "--lakehouse", lh])

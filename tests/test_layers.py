@@ -8,7 +8,8 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 # lowest first; a module may import its own layer and any layer before it
-LAYERS = ("errors", "model", "serving", "storage", "batch", "streaming", "dev", "runtime")
+LAYERS = ("errors", "model", "serving", "storage", "batch", "streaming", "ops", "dev",
+          "runtime")
 
 
 def layer_of(module: str) -> str | None:

@@ -218,6 +218,32 @@ def test_stream_end_to_end_with_poison_duplicates_and_a_new_taste(spark, lh, kaf
     assert {t.name: delta.latest_version(lh, t)
             for t in (INTERACTIONS, RECOMMENDATIONS)} == versions
 
+    # `lakerec status` measures the stream's lag against the real broker: none now, then
+    # the records sent since the last committed batch
+    from pipelines.ops.status import Thresholds, alerts, collect
+
+    (st,) = collect(lh, bootstrap=kafka.bootstrap).streams
+    assert st.query == "feedback" and st.lag == 0 and st.committed == st.end > 0
+    p = feedback.make_producer(kafka.bootstrap, one_record_per_batch=True)
+    feedback.send(p, topic, feedback.purchases([demo_user], new_items[:3]))
+    p.close()
+    status = collect(lh, bootstrap=kafka.bootstrap)
+    assert status.streams[0].lag == 3
+    fired = {a.name for a in alerts(status, Thresholds(max_stream_lag=2)) if a.breached}
+    assert "stream_lag:feedback" in fired
+    down = collect(lh, bootstrap="127.0.0.1:1").streams[0]
+    assert down.lag is None and "not reachable" in down.note
+    # the report plots the stream's own batch log, and its poison by reason
+    from pipelines.ops.report import build
+
+    rep = build(lh, os.path.join(lh, "_report"))
+    assert [f.name for f in rep.figures] == ["models", "lists", "fallbacks", "freshness",
+                                             "quarantine"]
+    _, hours = rep.figures[3].table
+    assert {h[0] for h in hours} == {"feedback"} and sum(h[3] for h in hours) > 0
+    head, _ = rep.figures[4].table
+    assert {"malformed_json", "missing_field", "wrong_type"} <= set(head)
+
     # a lost checkpoint is refused, not replayed
     r = run_stream(lh, kafka, topic, "--checkpoint", os.path.join(lh, "_checkpoints", "new"))
     assert r.returncode == 2

@@ -53,6 +53,23 @@ def test_first_model_beats_popularity_and_becomes_champion(trained):
     assert int(run.data.tags["input.interactions.version"]) == \
         delta.latest_version(lh, INTERACTIONS)
     assert os.path.exists(os.path.join(lh, "mlflow.db"))
+    # MLflow 3: inputs as datasets with their Delta versions, a logged model with a signature
+    # and the metrics, the evaluation as a table and a plot
+    c = tracking.client(lh)
+    inputs = {d.dataset.name: json.loads(d.dataset.source)
+              for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"interactions", "user_index", "item_index"}
+    assert inputs["interactions"]["delta_table_version"] == \
+        int(run.data.tags["input.interactions.version"])
+    mv = c.get_model_version(tracking.ALS_MODEL, "1")
+    assert mv.source.startswith("models:/m-"), mv.source  # a logged model, not run files
+    logged = c.get_logged_model(mv.source.removeprefix("models:/"))
+    assert logged.name == "model" and any(m.key == "ndcg_at_5" for m in logged.metrics)
+    import mlflow
+
+    assert mlflow.models.get_model_info(f"models:/{tracking.ALS_MODEL}/1").signature is not None
+    assert {"evaluation.json", "evaluation.png"} <= {a.path for a in c.list_artifacts(
+        first.run_id)}
 
 
 def test_training_again_on_the_same_inputs_is_a_no_op(spark, trained):
@@ -144,6 +161,12 @@ def test_exactly_k_unless_the_unseen_catalog_is_smaller(spark, trained):
     got = recs.groupBy("user_id").count().withColumnRenamed("count", "n")
     assert unseen.join(got, "user_id").where("n != count").count() == 0
     assert got.count() == unseen.count()
+    # the lists record their K, and `lakerec check` judges them by it without being told
+    from jobs import check as check_job
+    from pipelines.batch.quality import served_k
+
+    assert served_k(lh) == k
+    assert check_job.main(["--lakehouse", lh]) == 0
 
 
 def test_each_lakehouse_keeps_its_own_mlflow_store(tmp_path, monkeypatch):
@@ -157,3 +180,44 @@ def test_each_lakehouse_keeps_its_own_mlflow_store(tmp_path, monkeypatch):
     assert tracking.client(b).tracking_uri == tracking.tracking_uri(b)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/mlflow.db")
     assert tracking.tracking_uri(a) == "sqlite:////elsewhere/mlflow.db"  # the user's wins
+
+
+def test_models_promote_and_rollback_move_what_score_serves(spark, trained, capsys):
+    """The champion's lifecycle on the real registry: promote a version by hand, roll back,
+    each change recorded on the version; score serves whatever the alias points at."""
+    from jobs import models as models_job
+
+    lh, _, _ = trained
+    versions = {v.version: v for v in tracking.list_versions(lh)}
+    assert versions[1].champion and versions[1].promoted_by == "train"
+    assert versions[1].previous is None and versions[1].reason.startswith("first model")
+    assert not versions[2].champion and versions[2].promoted_at is None
+
+    def served():
+        recs = delta.read(spark, lh, RECOMMENDATIONS).where("source = 'als'")
+        return {r[0] for r in recs.select("model_version").distinct().collect()}
+
+    assert models_job.main(["promote", "2", "--lakehouse", lh]) == 2  # no reason: refused
+    assert models_job.main(["promote", "99", "--reason", "x", "--lakehouse", lh]) == 2
+    capsys.readouterr()
+    assert models_job.main(["promote", "2", "--reason", "a/b test winner",
+                            "--lakehouse", lh]) == 0
+    assert "champion: v1 -> v2 (a/b test winner)" in capsys.readouterr().out
+    v2 = {v.version: v for v in tracking.list_versions(lh)}[2]
+    assert v2.champion and v2.previous == 1 and v2.promoted_by == "promote"
+    score(spark, lh, k=PARAMS.k)
+    assert served() == {2}
+
+    assert models_job.main(["rollback", "--reason", "conversion fell", "--lakehouse", lh]) == 0
+    assert "champion: v2 -> v1" in capsys.readouterr().out
+    v1 = {v.version: v for v in tracking.list_versions(lh)}[1]
+    assert v1.champion and v1.promoted_by == "rollback"
+    assert v1.reason == "rollback from v2: conversion fell" and v1.previous is None
+    score(spark, lh, k=PARAMS.k)
+    assert served() == {1}
+    # v1 replaced no champion: nothing further back
+    assert models_job.main(["rollback", "--reason", "again", "--lakehouse", lh]) == 2
+    assert "replaced no earlier champion" in capsys.readouterr().err
+    assert models_job.main(["list", "--lakehouse", lh, "--format", "json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["version"], r["champion"]) for r in rows][-2:] == [(2, ""), (1, "*")]

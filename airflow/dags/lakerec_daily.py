@@ -3,7 +3,8 @@
 wait for the day's log partition -> ingest that date -> train (on the configured cadence)
 -> embed (item text features: only new or changed catalog texts are embedded) -> place (new
 items into the champion's factor space, from their text) -> score -> compact (fold the
-stream's appended lists in) -> quality gate. One run per logical date; every task is
+stream's appended lists in) -> quality gate -> status (the alerts: a breach fails the run)
+and maintain (checkpoint and vacuum, on its own cadence). One run per logical date; every task is
 idempotent for its date,
 so clearing and re-running a date leaves the tables as they were.
 
@@ -24,6 +25,8 @@ Configuration, read when the DAG file is parsed (environment of the scheduler/da
 ``LAKEREC_TUNE_EVERY``     tuning cadence in days (default 28; 0: never): on those days train
                            runs with ``--tune`` and the winner becomes the lakehouse's
                            defaults for the trainings in between
+``LAKEREC_MAINTAIN_EVERY`` table upkeep cadence in days (default 7; 0: never): ``lakerec
+                           maintain`` (compact, checkpoint, vacuum with a 7-day retention)
 ``LAKEREC_RETRIES``        retries per task (default 2, five minutes apart)
 ``LAKEREC_ENCODER_DIR``    the ONNX encoder export for ``embed`` (default: the checkout's
                            ``models/build/minilm``, built by ``make models``)
@@ -53,6 +56,7 @@ ARCHIVES = os.environ.get("LAKEREC_ARCHIVES") or None
 JOBS = os.environ.get("LAKEREC_JOBS", os.path.join(ROOT, "jobs"))
 TRAIN_EVERY = int(os.environ.get("LAKEREC_TRAIN_EVERY", "7"))
 TUNE_EVERY = int(os.environ.get("LAKEREC_TUNE_EVERY", "28"))
+MAINTAIN_EVERY = int(os.environ.get("LAKEREC_MAINTAIN_EVERY", "7"))
 START = dt.datetime.fromisoformat(os.environ.get("LAKEREC_START_DATE", "2024-06-01")).replace(
     tzinfo=dt.UTC)
 CATCHUP = os.environ.get("LAKEREC_CATCHUP", "0") == "1"
@@ -112,7 +116,8 @@ def tune_flags(logical_date) -> list[str]:
 
 with DAG(
     dag_id="lakerec_daily",
-    description="ingest -> train -> embed -> place -> score -> compact -> quality gate, daily",
+    description="ingest -> train -> embed -> place -> score -> compact -> quality gate -> "
+                "maintain, daily",
     schedule="@daily",
     start_date=START,
     catchup=CATCHUP,
@@ -159,5 +164,21 @@ with DAG(
     quality_gate = spark_job("quality_gate", "check.py", ["--k={{ params.k }}"],
                              retries=0)
 
+    @task.branch
+    def maintain_due(logical_date=None):
+        """Table upkeep every LAKEREC_MAINTAIN_EVERY days (counted from the start date)."""
+        days = (logical_date - START).days
+        return "maintain" if MAINTAIN_EVERY and days % MAINTAIN_EVERY == 0 \
+            else "skip_maintain"
+
+    maintain = spark_job("maintain", "maintain.py", [])
+    skip_maintain = EmptyOperator(task_id="skip_maintain")
+
+    # the alerts (`lakerec status --check`: freshness, quarantine rate, fallback share,
+    # coverage drop, stream lag) fail the run loudly, without holding up the upkeep
+    status = spark_job("status", "status.py", ["--check"], retries=0)
+    due = maintain_due()
+
     wait_for_logs() >> ingest >> train_due() >> [train, skip_train] >> embed >> place >> score
-    score >> compact >> quality_gate
+    score >> compact >> quality_gate >> [status, due]
+    due >> [maintain, skip_maintain]

@@ -126,14 +126,14 @@ class _Input:
     txn: delta.Txn
 
 
-def _plan(date: _dt.date, source: str) -> _Input:
+def _plan(date: _dt.date, source: str, hashes: landing.ContentHashes | None = None) -> _Input:
     folder = landing.partition_path(source, date)
     if not os.path.isdir(folder):
         raise UsageError(f"no input partition {folder}")
     files, bad = landing.scan_partition(folder, root=source)
     # every file counts, the unreadable too: fixing or removing one re-ingests the date
     fp = landing.fingerprint([*files, *(b.file for b in bad)], RULES_VERSION,
-                             EVENT_RULES.fingerprint())
+                             EVENT_RULES.fingerprint(), hashes=hashes)
     return _Input(date, files, bad, f"ingest:{date.isoformat()}:{fp[:12]}",
                   delta.Txn(f"lakerec.ingest/dt={date.isoformat()}", int(fp[:15], 16)))
 
@@ -242,7 +242,11 @@ def ingest_dates(spark, lakehouse: str, dates: list[_dt.date], *, source: str,
     ``dedup_horizon_days`` are caught within one pass (:func:`schemas.dedup_window`).
     Raises :class:`pipelines.runtime.config.UsageError` if a partition does not exist.
     """
-    plans = [_plan(d, source) for d in dates]
+    hashes = landing.ContentHashes(lakehouse)
+    try:
+        plans = [_plan(d, source, hashes) for d in dates]
+    finally:
+        hashes.close()
     reports = {p.date: IngestReport(p.date, p.ingest_id, skipped=True) for p in plans
                if _already(lakehouse, p.txn, QUARANTINE, INTERACTIONS)}
     for p in plans:
@@ -432,7 +436,11 @@ def ingest_catalog(spark, lakehouse: str, *, source: str,
     files = landing.list_files(source)
     if not files:
         return IngestReport(None, "catalog:none", skipped=True)
-    fp = landing.fingerprint(files, RULES_VERSION)
+    hashes = landing.ContentHashes(lakehouse)
+    try:
+        fp = landing.fingerprint(files, RULES_VERSION, hashes=hashes)
+    finally:
+        hashes.close()
     ingest_id = f"catalog:{fp[:12]}"
     txn = delta.Txn("lakerec.ingest/catalog", int(fp[:15], 16))
     if _already(lakehouse, txn, ITEMS):

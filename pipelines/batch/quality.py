@@ -16,6 +16,25 @@ from dataclasses import dataclass
 from pipelines.storage import sql
 
 
+def served_k(lakehouse: str, *, lookback: int = 100) -> int | None:
+    """The K the current lists were written with (``score`` and the stream record it in each
+    commit of ``recommendations``); ``None`` when no recent commit says (an older lakehouse).
+
+    A restore takes the table back to an earlier write: the commits it undid are skipped.
+    Cost: the newest ``lookback`` commit records of the table, read newest first.
+    """
+    from pipelines.storage import delta
+    from schemas.tables import LIST_LENGTH_KEY, RECOMMENDATIONS
+
+    if not delta.exists(lakehouse, RECOMMENDATIONS):
+        return None
+    commits = delta.history(lakehouse, RECOMMENDATIONS, lookback, counts=False)
+    for c in delta.undone_skipped(commits):
+        if LIST_LENGTH_KEY in c.metadata:
+            return int(c.metadata[LIST_LENGTH_KEY])
+    return None
+
+
 @dataclass(frozen=True)
 class Check:
     name: str

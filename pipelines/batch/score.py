@@ -39,6 +39,8 @@ from schemas.tables import (
     INTERACTIONS,
     ITEM_FACTORS,
     ITEM_PLACEMENTS,
+    LIST_LENGTH_KEY,
+    MODEL_VERSION_KEY,
     RECOMMENDATIONS,
     USER_FACTORS,
 )
@@ -262,7 +264,7 @@ def score(spark, lakehouse: str, *, k: int = DEFAULTS.k, model_version: int | No
     try:
         res = delta.replace_snapshot(
             spark, recs, lakehouse, RECOMMENDATIONS, snapshot=snapshot, txn=txn,
-            metadata={"lakerec.model_version": version,
+            metadata={MODEL_VERSION_KEY: version, LIST_LENGTH_KEY: k,
                       **{f"lakerec.input.{t}": v for t, v in inputs.items()}})
         by_source = {r["source"]: r["count"] for r in recs.groupBy("source").count().collect()}
         n_users = recs.select("user_id").distinct().count()

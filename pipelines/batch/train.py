@@ -402,10 +402,11 @@ def train(spark, lakehouse: str, params: ModelCard, *, now: _dt.datetime | None 
                                 **({"gate_diff": g.diff, "gate_low": g.low,
                                     "gate_high": g.high} if g else {}),
                                 **{f"n_{c}": v for c, v in counts.items()}})
+            inputs = {"interactions": version,
+                      "user_index": delta.latest_version(lakehouse, USER_INDEX),
+                      "item_index": delta.latest_version(lakehouse, ITEM_INDEX)}
             mlflow.set_tags({
-                "input.interactions.version": version,
-                "input.user_index.version": delta.latest_version(lakehouse, USER_INDEX),
-                "input.item_index.version": delta.latest_version(lakehouse, ITEM_INDEX),
+                **{f"input.{t}.version": v for t, v in inputs.items()},
                 "lakehouse": os.path.abspath(lakehouse),
                 "decision": decision,
                 "lakerec.train_key": key,
@@ -413,11 +414,18 @@ def train(spark, lakehouse: str, params: ModelCard, *, now: _dt.datetime | None 
             })
             info = trainer.log_model(model, card)
             model_version = int(info.registered_model_version)
+            # MLflow 3: the inputs as datasets with their Delta versions, the metrics on the
+            # logged model too, and the evaluation as a table and a plot
+            tracking.log_inputs(lakehouse, inputs, model_id=info.model_id)
+            mlflow.log_metrics({f"{m}_at_{k}": scores[m] for m in metrics.METRICS},
+                               model_id=info.model_id)
+            _log_evaluation(k, {"model": scores, "popularity": baseline,
+                                **({"champion": champ_scores} if champ_scores else {})})
             _write_factors(spark, lakehouse, model_version, model, item_ids,
                            data.pairs(card.start, card.end), users, now, trainer.name)
             mlflow.set_tag("factors.model_version", model_version)
             if promote:
-                tracking.set_alias(lakehouse, model_version)
+                tracking.promote(lakehouse, model_version, reason=decision, by="train")
             mlflow.set_tag("promoted", str(promote).lower())
             if trials:
                 tracking.remember_tuned(lakehouse, {**tuning.remembered(base),
@@ -438,6 +446,43 @@ def train(spark, lakehouse: str, params: ModelCard, *, now: _dt.datetime | None 
                                       "popularity": baseline.intervals()})
     finally:
         data.close()
+
+
+def _log_evaluation(k: int, scored: dict[str, evaluate.Scores]) -> None:
+    """``evaluation.json`` (every metric of every model judged, with its 95% interval) and
+    ``evaluation.png`` (those intervals side by side) as artifacts of the active run."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a job's machine
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    rows = {"model": [], "metric": [], "value": [], "low": [], "high": [], "users": []}
+    cis = {name: sc.intervals() for name, sc in scored.items()}  # one bootstrap per model
+    for name, sc in scored.items():
+        ci = cis[name]
+        for m in metrics.METRICS:
+            lo, hi = ci.get(m, (float("nan"), float("nan")))
+            for col, v in zip(rows, (name, f"{m}@{k}", sc[m], lo, hi, sc["users"]),
+                              strict=True):
+                rows[col].append(v)
+    mlflow.log_table(rows, artifact_file="evaluation.json")
+    shown = [m for m in ("ndcg", "recall", "precision", "map") if m in metrics.METRICS]
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3), squeeze=False)
+    for ax, m in zip(axes[0], shown, strict=True):
+        names = list(scored)
+        vals = [scored[n][m] for n in names]
+        ci = [cis[n].get(m, (v, v)) for n, v in zip(names, vals, strict=True)]
+        # max(0, .): a bootstrap bound can sit a rounding error on the wrong side of the mean
+        err = [[max(0.0, v - lo) for v, (lo, _) in zip(vals, ci, strict=True)],
+               [max(0.0, hi - v) for v, (_, hi) in zip(vals, ci, strict=True)]]
+        ax.bar(names, vals, yerr=err, capsize=4, color=["#3b6ea5", "#b0b0b0", "#e39c37"][
+            :len(names)])
+        ax.set_title(f"{m}@{k}")
+    fig.suptitle(f"holdout, {scored['model']['users']:,} users, 95% intervals")
+    fig.tight_layout()
+    mlflow.log_figure(fig, "evaluation.png")
+    plt.close(fig)
 
 
 def _write_factors(spark, lakehouse, model_version, model, item_ids, conf_all, users, now,

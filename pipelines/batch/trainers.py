@@ -88,13 +88,23 @@ class SparkALS:
 
     def log_model(self, model: TrainedModel, card: ModelCard):
         import mlflow
+        import mlflow.spark
         import pyspark
+        from mlflow.models import Model, ModelSignature
+        from mlflow.types import ColSpec, Schema
 
         from pipelines.storage import tracking
 
-        return mlflow.spark.log_model(model.native, artifact_path="model",
-                                      registered_model_name=tracking.ALS_MODEL,
-                                      pip_requirements=[f"pyspark=={pyspark.__version__}"])
+        # what ALSModel.transform takes and adds: the pairs to score, their predicted scores
+        signature = ModelSignature(
+            inputs=Schema([ColSpec("integer", "user_idx"), ColSpec("integer", "item_idx")]),
+            outputs=Schema([ColSpec("float", "prediction")]))
+        # Model.log, not mlflow.spark.log_model: the latter takes the legacy path for a local
+        # artifact store (no logged model, no model id); this one is MLflow 3's
+        return Model.log(artifact_path=None, name="model", flavor=mlflow.spark,
+                         spark_model=model.native, signature=signature,
+                         registered_model_name=tracking.ALS_MODEL,
+                         pip_requirements=[f"pyspark=={pyspark.__version__}"])
 
 
 def item_gram(spark, pairs: DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -167,10 +177,17 @@ class SparkEASE:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "factors.npz")
             np.savez(path, item_idx=model.item_idx, y=model.y)
+            from mlflow.models import ModelSignature
+            from mlflow.types import Array, ColSpec, DataType, Schema
+
+            # a user's touched item_idx in, their top-k unseen item_idx out
+            signature = ModelSignature(
+                inputs=Schema([ColSpec(Array(DataType.long), "items")]),
+                outputs=Schema([ColSpec(Array(DataType.long))]))
             return mlflow.pyfunc.log_model(
                 name="model", python_model=EaseRecommender(k=card.k),
                 artifacts={"factors": path}, registered_model_name=tracking.ALS_MODEL,
-                pip_requirements=["numpy", "scipy"])
+                signature=signature, pip_requirements=["numpy", "scipy"])
 
 
 TRAINERS: dict[str, Trainer] = {t.name: t for t in (SparkALS(), SparkEASE())}

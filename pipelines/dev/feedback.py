@@ -54,33 +54,39 @@ def event(user: str, item: str, event_type: str = "purchase", *, ts: _dt.datetim
     return e
 
 
-def purchases(users: list[str], items: list[str], *, event_type: str = "purchase"
-              ) -> Iterator[tuple[bytes, bytes]]:
-    """``(key, value)`` records: every user buys every item, in order."""
+def purchases(users: list[str], items: list[str], *, event_type: str = "purchase",
+              ts: _dt.datetime | None = None) -> Iterator[tuple[bytes, bytes]]:
+    """``(key, value)`` records: every user buys every item, in order, at ``ts`` (default
+    now)."""
     for u in users:
         for i in items:
-            yield u.encode(), json.dumps(event(u, i, event_type)).encode()
+            yield u.encode(), json.dumps(event(u, i, event_type, ts=ts)).encode()
 
 
 def untouched_cluster_items(lakehouse: str, user: str, *, n: int = 5, skip: int = 0,
                             category: str | None = None) -> tuple[str, list[str]]:
-    """The most popular items of a category ``user`` never touched (or of ``category``).
+    """The most popular items of the category ``user`` touched least (one they never touched
+    when there is one; the busiest such), or of ``category``.
 
     ``skip`` leaves out that many best sellers first (the demo buys the 6th-10th, so the
     best sellers are what the fold-in can then recommend). Returns ``(category, item ids)``:
-    the demo's "taste from a new cluster".
+    the demo's "taste from a new cluster". Cost: two aggregations over ``interactions``.
     """
     from pipelines.storage.sql import query
 
     if category is None:
         rows = query(lakehouse, f"""
-            SELECT it.category, count(*) AS n FROM interactions i JOIN items it USING (item_id)
-            WHERE it.category IS NOT NULL AND it.category NOT IN (
-                SELECT DISTINCT it2.category FROM interactions i2 JOIN items it2 USING (item_id)
-                WHERE i2.user_id = '{_sql(user)}' AND it2.category IS NOT NULL)
-            GROUP BY 1 ORDER BY n DESC, 1 LIMIT 1""")[1]
+            WITH pop AS (SELECT it.category, count(*) AS n
+                         FROM interactions i JOIN items it USING (item_id)
+                         WHERE it.category IS NOT NULL GROUP BY 1),
+                 mine AS (SELECT it.category, count(*) AS m
+                          FROM interactions i JOIN items it USING (item_id)
+                          WHERE i.user_id = '{_sql(user)}' AND it.category IS NOT NULL
+                          GROUP BY 1)
+            SELECT pop.category FROM pop LEFT JOIN mine USING (category)
+            ORDER BY coalesce(mine.m, 0), pop.n DESC, 1 LIMIT 1""")[1]
         if not rows:
-            raise ValueError(f"user {user} has touched every category")
+            raise ValueError("no item of the catalog has a category")
         category = rows[0][0]
     items = [r[0] for r in query(lakehouse, f"""
         SELECT i.item_id FROM interactions i JOIN items it USING (item_id)

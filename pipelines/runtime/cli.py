@@ -40,6 +40,16 @@ def parser(command: str, description: str) -> ArgumentParser:
     return p
 
 
+TABLE_FORMATS = ("table", "csv", "json")  # what storage.sql.format_rows renders
+
+
+def add_format_option(p: ArgumentParser, what: str = "output") -> None:
+    """``--format table|csv|json``, the one option of every command that prints rows."""
+    p.add_argument("--format", default="table", choices=TABLE_FORMATS,
+                   help=f"{what}: table (aligned text, default), csv, or json (one object "
+                        "per line)")
+
+
 def parse_args(p: ArgumentParser, argv: list[str] | None, *, section: str):
     """Parse ``argv`` and resolve the shared settings; returns ``(args, settings)``."""
     args = p.parse_args(argv)
@@ -48,6 +58,10 @@ def parse_args(p: ArgumentParser, argv: list[str] | None, *, section: str):
 
 
 def configure_logging(level: str | None = None) -> None:
+    # MLflow configures its own handler and format unless told not to: one format, ours
+    import os
+
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     lvl = (level or "INFO").upper()
     if lvl not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise UsageError(f"bad --log-level {level!r}")
@@ -65,13 +79,21 @@ _steps: list[str] = []  # the steps running now, outermost first (named in a fai
 
 @contextlib.contextmanager
 def step(name: str, out=None) -> Iterator[None]:
-    """Print a step's name when it starts and its duration when it ends."""
+    """Print a step's name when it starts and its duration when it ends; in between, name
+    its Spark jobs after it and show its progress (:mod:`pipelines.runtime.progress`)."""
+    from pipelines.runtime.progress import Ticker, describe
+
     out = out or sys.stdout
     print(f"==> {name}", file=out, flush=True)
     t = time.perf_counter()
     _steps.append(name)
+    label = " / ".join(_steps)
     try:
-        yield
+        # the Spark jobs of the step carry its name (UI, event log); the outermost step
+        # shows a progress line while it runs
+        with describe(label), (Ticker(name, out) if len(_steps) == 1 else
+                               contextlib.nullcontext()):
+            yield
     except BaseException:
         if _steps and _steps[-1] == name and len(_steps) == 1:
             _failed_step[:] = [name]

@@ -70,6 +70,13 @@ CONFIG_KEYS: Mapping[str, frozenset[str]] = {
     "sql": frozenset(),
     "doctor": frozenset(),
     "restore": frozenset(),
+    "models": frozenset(),
+    # the alert thresholds: pipelines.ops.status.Thresholds (a test holds the two equal)
+    "status": (_KAFKA - {"topic"}) | frozenset({"max_list_age_hours", "max_quarantine_rate",
+                         "max_fallback_share", "max_coverage_drop", "max_stream_lag"}),
+    "history": frozenset(),
+    "report": frozenset({"out", "days", "snapshots"}),
+    "maintain": frozenset({"retention_hours"}),
     "compact": frozenset(),
 }
 _ALL_KEYS = SHARED_KEYS.union(*CONFIG_KEYS.values())
@@ -195,17 +202,35 @@ class Settings:
                                  f"lakehouse {self.lakehouse}: refused")
         return given
 
-    def existing_lakehouse(self) -> str:
-        """The lakehouse root, refused (a usage error) unless it is an existing folder: for
-        the commands that read one, so that a mistyped path is an error, not a new folder."""
-        if not os.path.isdir(self.lakehouse):
-            raise UsageError(f"no lakehouse at {self.lakehouse} (create one with `lakerec "
-                             "demo`, or `lakerec generate` / `lakerec ingest`)")
-        return self.lakehouse
+    def existing_lakehouse(self, *tables: str) -> str:
+        """The lakehouse root, refused (a usage error) unless it is one: an existing folder,
+        not a system folder, holding a lakerec table or landing zone, and ``tables`` (the
+        ones the command reads) among its tables. For the commands that read a lakehouse:
+        a mistyped path is an error before anything is written, never a new folder or an
+        ``mlflow.db`` in ``/etc``."""
+        from schemas.tables import TABLES
+
+        lh = self.lakehouse
+        if is_system_folder(lh):
+            raise UsageError(f"--lakehouse {lh} is a system folder, not a lakehouse: refused")
+        create = ("create one with `lakerec demo`, or `lakerec generate` / `lakerec ingest`")
+        if not os.path.isdir(lh):
+            raise UsageError(f"no lakehouse at {lh} ({create})")
+        present = {t for t in TABLES if os.path.isdir(os.path.join(lh, t, "_delta_log"))}
+        if not present and not os.path.isdir(os.path.join(lh, "landing")):
+            raise UsageError(f"{lh} is not a lakehouse: it holds no lakerec table ({create})")
+        missing = [t for t in tables if t not in present]
+        if missing:
+            raise UsageError(f"the lakehouse {lh} has no table {', '.join(missing)} yet "
+                             "(`lakerec ingest` makes interactions and items, `lakerec score` "
+                             "recommendations)")
+        return lh
 
     def check_writable(self, path: str | os.PathLike, what: str = "path") -> str:
         """Resolve ``path`` and refuse it unless it lies under an allowed root."""
         resolved = str(Path(path).expanduser().resolve())
+        if is_system_folder(resolved):
+            raise UsageError(f"{what} {resolved} is a system folder: refused")
         if any(within(resolved, root) for root in self.allowed_roots):
             return resolved
         raise UsageError(

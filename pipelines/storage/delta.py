@@ -22,6 +22,7 @@ from pipelines.storage.arrow_io import (
 from pipelines.storage.deltalog import (
     STAGING_DIR,
     BrokenTableError,
+    Commit,
     CommitResult,
     DataChanges,
     DeltaConflictError,
@@ -35,11 +36,14 @@ from pipelines.storage.deltalog import (
     done,
     ensure_table,
     exists,
+    history,
     latest_version,
     open_table,
     partition_values,
     table_path,
     txn_version,
+    undone_skipped,
+    version_at,
 )
 from pipelines.storage.spark_io import (
     conform,
@@ -55,6 +59,7 @@ from pipelines.storage.spark_io import (
 __all__ = [
     "STAGING_DIR", "BrokenTableError", "CommitResult", "DataChanges", "DeltaConflictError",
     "StagedWrite", "TableMissingError", "Txn", "UnsupportedTableError", "add_actions",
+    "Commit", "history", "undone_skipped", "version_at",
     "append_arrow", "arrow_dataset", "commit", "conform", "current_rows", "current_table",
     "data_changes", "done", "ensure_table", "exists", "file_uri_to_relative", "latest_version",
     "open_table", "partition_values", "read", "replace_rows", "replace_rows_arrow",

@@ -209,6 +209,101 @@ def open_table(root: str, spec: TableSpec | str, version: int | None = None):
                                "says how to recover") from None
 
 
+@dataclass(frozen=True)
+class Commit:
+    """One entry of a table's history, as its log records it."""
+
+    version: int
+    at: _dt.datetime  # the commit time written inside the commit (survives a copy)
+    operation: str
+    metadata: Mapping[str, str]  # the writer's ``lakerec.*`` keys (job, inputs, k ...)
+    metrics: Mapping[str, object]
+
+
+def _commit_time(info: Mapping) -> _dt.datetime:
+    # in-commit timestamp when the table has them, else the commitInfo timestamp: both live in
+    # the commit's own JSON, so a copied lakehouse keeps them (file modification times do not)
+    ms = info.get("inCommitTimestamp") or info["timestamp"]
+    return _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.UTC)
+
+
+def history(root: str, spec: TableSpec | str, limit: int | None = None, *,
+            counts: bool = True) -> list[Commit]:
+    """The table's commits, newest first (``limit`` of them).
+
+    Cost: one small JSON read per commit returned (``counts``: a second one, parsing its
+    actions for the rows and files it added and removed); the log's retained commits bound it.
+    """
+    dt = open_table(root, spec)
+    path = table_path(root, spec)
+    out = []
+    for h in dt.history(limit):
+        meta = {k: str(v) for k, v in h.items() if k.startswith("lakerec.")}
+        v = int(h["version"])
+        if h.get("operation") == "RESTORE":  # what it restored, for readers of the metadata
+            meta["lakerec.restored_version"] = str(
+                (h.get("operationParameters") or {}).get("version", ""))
+        out.append(Commit(v, _commit_time(h), str(h.get("operation", "")), meta,
+                          {**(_action_counts(path, v) if counts else {}),
+                           **(h.get("operationMetrics") or {})}))
+    return out
+
+
+def undone_skipped(commits: list[Commit]) -> list[Commit]:
+    """``commits`` (newest first) without those a later restore undid: after ``RESTORE`` to
+    v3, the commits after v3 up to the restore no longer describe the table's rows."""
+    out, below = [], None
+    for c in commits:
+        if below is not None and c.version > below:
+            continue
+        restored = c.metadata.get("lakerec.restored_version", "")
+        if c.operation == "RESTORE" and restored.isdigit():
+            below = int(restored) if below is None else min(below, int(restored))
+            continue
+        out.append(c)
+    return out
+
+
+def _action_counts(path: str, version: int) -> dict:
+    """Files and rows a commit added and removed, from its actions (commits written through a
+    transaction carry no operation metrics). ``{}`` if the commit file is gone."""
+    try:
+        actions = _log_changes(path, version - 1, version)
+    except FileNotFoundError:
+        return {}
+    adds = [a["add"] for a in actions if "add" in a]
+    rows = [json.loads(a["stats"]).get("numRecords") if a.get("stats") else None
+            for a in adds]
+    return {"num_added_files": len(adds),
+            "num_removed_files": sum("remove" in a for a in actions),
+            "num_added_rows": sum(rows) if None not in rows else None}
+
+
+def version_at(root: str, spec: TableSpec | str, when: _dt.datetime) -> int:
+    """The table's version as of ``when``: the newest commit made at or before it.
+
+    Commit times come from the log's commit records, never from file modification times, so
+    the answer is the same on a copied lakehouse. A time before the table's earliest retained
+    commit is a :class:`~pipelines.errors.UsageError` naming it, not silently version 0.
+    Cost: the commits newer than ``when``, read newest first in doubling pages.
+    """
+    name = spec if isinstance(spec, str) else spec.name
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.UTC)
+    limit = 16
+    while True:
+        commits = history(root, spec, limit, counts=False)
+        for c in commits:  # newest first
+            if c.at <= when:
+                return c.version
+        if len(commits) < limit:
+            first = commits[-1]
+            raise UsageError(f"{name} has no version as of {when.isoformat()}: its "
+                             f"{'first' if first.version == 0 else 'earliest retained'} "
+                             f"commit, v{first.version}, was made at {first.at.isoformat()}")
+        limit *= 4
+
+
 def _log_file(path: str, version: int) -> str | None:
     """The commit file of ``version`` if present (or a checkpoint at it)."""
     log_dir = os.path.join(path, "_delta_log")

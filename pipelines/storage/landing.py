@@ -68,11 +68,76 @@ def list_dates(events_root: str) -> list[_dt.date]:
                   if (m := _DT_DIR.match(d)))
 
 
-def fingerprint(files: list[InputFile], *extra: object) -> str:
-    """A hash of what an input is: file names, sizes and modification times (plus ``extra``)."""
+class ContentHashes:
+    """The SHA-256 of input files, remembered by ``(path, size, modification time)``.
+
+    A file is read once per change of those three, so a daily run hashes only new files; a
+    copied or moved lakehouse (new paths, new times) hashes each file once more and then
+    finds its inputs unchanged. Kept in ``<lakehouse>/_lakerec/content_hashes.sqlite``; the
+    cache is an optimisation only: without it (``None``, or it cannot be opened) every file
+    is read.
+    """
+
+    def __init__(self, lakehouse: str | None):
+        self.db = None
+        if lakehouse is None:
+            return
+        import sqlite3
+
+        try:
+            os.makedirs(os.path.join(lakehouse, "_lakerec"), exist_ok=True)
+            self.db = sqlite3.connect(os.path.join(lakehouse, "_lakerec",
+                                                   "content_hashes.sqlite"), timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("CREATE TABLE IF NOT EXISTS hashes (path TEXT, size INTEGER, "
+                            "mtime_ns INTEGER, sha256 TEXT, PRIMARY KEY (path, size, "
+                            "mtime_ns))")
+        except (OSError, sqlite3.Error) as e:
+            log.warning("content hash cache unavailable (%s): reading every input file", e)
+            self.db = None
+
+    def sha256(self, f: InputFile) -> str:
+        key = (os.path.abspath(f.path), f.size, f.mtime_ns)
+        if self.db is not None:
+            row = self.db.execute("SELECT sha256 FROM hashes WHERE path = ? AND size = ? "
+                                  "AND mtime_ns = ?", key).fetchone()
+            if row:
+                return row[0]
+        h = hashlib.sha256()
+        try:
+            with open(f.path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+        except OSError as e:  # a FIFO, a broken link: what it is, not what it holds
+            return f"unreadable:{type(e).__name__}"
+        digest = h.hexdigest()
+        if self.db is not None:
+            with self.db:
+                self.db.execute("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?)",
+                                (*key, digest))
+        return digest
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+
+
+def fingerprint(files: list[InputFile], *extra: object,
+                hashes: ContentHashes | None = None) -> str:
+    """A hash of what an input is: each file's name relative to nothing (its base name), size
+    and content (plus ``extra``), never where it lies or when it was written, so a copy of a
+    landing zone is the same input.
+
+    Cost: reading the files whose content hash ``hashes`` does not already hold.
+    """
+    hashes = hashes or ContentHashes(None)
     h = hashlib.sha256()
     for f in sorted(files, key=lambda f: f.path):
-        h.update(f"{os.path.basename(f.path)}\x1f{f.size}\x1f{f.mtime_ns}\n".encode())
+        # a link is judged by where it points (it may lead out of the landing zone, and is
+        # then refused unread); a FIFO or a folder is never opened
+        content = (f"link:{os.readlink(f.path)}" if os.path.islink(f.path) else
+                   hashes.sha256(f) if os.path.isfile(f.path) else "not-a-file")
+        h.update(f"{os.path.basename(f.path)}\x1f{f.size}\x1f{content}\n".encode())
     for e in extra:
         h.update(f"{e}\n".encode())
     return h.hexdigest()

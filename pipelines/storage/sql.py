@@ -3,8 +3,13 @@
 Every table is registered from ``deltalake`` as an Arrow dataset (no DuckDB extension to
 download). Delta-style time travel works inside the query::
 
-    SELECT count(*) FROM interactions VERSION AS OF 3
+    SELECT count(*) FROM interactions VERSION AS OF 1
     SELECT * FROM recommendations TIMESTAMP AS OF '2024-06-30 12:00:00'
+
+``TIMESTAMP AS OF`` picks the newest commit made at or before that time, by the commit
+times inside the log (:func:`pipelines.storage.delta.version_at`), so a copied lakehouse
+answers the same; a time before the table existed, or a version past its latest, is an
+error that says which versions there are.
 
 or for a whole table with ``as_of={"interactions": 3}``. Each merge-on-read table also has a
 view of its current rows, ``current_recommendations`` and ``current_user_factors``, defined by
@@ -36,9 +41,38 @@ log = logging.getLogger(__name__)
 
 CURRENT_PREFIX = "current_"  # current_recommendations: see TableSpec.current_sql
 
-_TRAVEL = re.compile(
-    r"\b(?P<table>[A-Za-z_][A-Za-z0-9_]*)\s+(?P<kind>VERSION|TIMESTAMP)\s+AS\s+OF\s+"
-    r"(?P<value>'[^']*'|\d+)", re.IGNORECASE)
+_KINDS = ("VERSION", "TIMESTAMP")
+
+
+def _tokens(sql: str) -> list[tuple[int, int, str, str]]:
+    """``sql`` as DuckDB's own tokenizer sees it: ``(start, end, type, text)`` per token.
+
+    A string literal or a comment is one token, so nothing inside one is ever rewritten.
+    """
+    import duckdb
+
+    toks = duckdb.tokenize(sql)
+    out = []
+    for i, (start, kind) in enumerate(toks):
+        end = toks[i + 1][0] if i + 1 < len(toks) else len(sql)
+        text = sql[start:end].rstrip()
+        out.append((start, start + len(text), kind.name, text))
+    return out
+
+
+def _travel_clauses(sql: str):
+    """Each ``<table> VERSION|TIMESTAMP AS OF <value>`` of ``sql``, found in its tokens:
+    ``(start, end, table, kind, value)``, with quotes taken off the table and the value."""
+    toks = _tokens(sql)
+    for i in range(len(toks) - 4):
+        (start, _, t0, name), (_, _, t1, kind), (_, _, _, as_), (_, _, _, of) = toks[i:i + 4]
+        _, end, t4, value = toks[i + 4]
+        if (t0 == "identifier" and t1 == "keyword" and kind.upper() in _KINDS
+                and as_.upper() == "AS" and of.upper() == "OF"):
+            if t4 not in ("numeric_const", "string_const"):
+                raise UsageError(f"{name} {kind.upper()} AS OF wants a number or a quoted "
+                                 f"timestamp, got {value!r}")
+            yield start, end, name.strip('"'), kind.upper(), value.strip("'")
 
 
 def _version_at(lakehouse: str, table: str, ts_text: str) -> int:
@@ -46,33 +80,45 @@ def _version_at(lakehouse: str, table: str, ts_text: str) -> int:
         ts = _dt.datetime.fromisoformat(ts_text)
     except ValueError:
         raise UsageError(f"bad timestamp {ts_text!r} (use ISO-8601)") from None
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=_dt.UTC)
-    dt = delta.open_table(lakehouse, table)
+    return delta.version_at(lakehouse, table, ts)
+
+
+def _known_version(lakehouse: str, table: str, text: str) -> int:
+    if not text.isdigit():
+        raise UsageError(f"{table} VERSION AS OF wants a version number, got {text!r}")
+    version = int(text)
     try:
-        dt.load_as_version(ts)
-    except Exception as e:
-        raise UsageError(f"{table} has no version as of {ts_text}: {e}") from None
-    return dt.version()
+        latest = delta.latest_version(lakehouse, table)
+    except delta.BrokenTableError:
+        # a damaged newest commit: its intact versions still read (opening one says if not)
+        return version
+    if latest is None:
+        raise UsageError(f"table {table} does not exist")
+    if version > latest:
+        raise UsageError(f"{table} has no version {version}: its latest is v{latest} "
+                         f"(`lakerec history {table}` lists them)")
+    return version
 
 
 def rewrite(sql: str, lakehouse: str) -> tuple[str, dict[str, tuple[str, int]]]:
-    """Replace ``t VERSION|TIMESTAMP AS OF x`` by views; returns (sql, {view: (table, version)})."""
-    views: dict[str, tuple[str, int]] = {}
+    """Replace ``t VERSION|TIMESTAMP AS OF x`` by views; returns (sql, {view: (table, version)}).
 
-    def sub(m: re.Match) -> str:
-        table, kind, value = m["table"].lower(), m["kind"].upper(), m["value"]
+    The clauses are found in DuckDB's tokens, not by a pattern over the text: a string
+    literal or a comment that happens to read ``items VERSION AS OF 1`` is left alone.
+    """
+    views: dict[str, tuple[str, int]] = {}
+    parts, pos = [], 0
+    for start, end, name, kind, value in _travel_clauses(sql):
+        table = name.lower()
         if table not in TABLES:
-            raise UsageError(f"time travel on unknown table {m['table']!r}")
-        if kind == "VERSION":
-            version = int(value.strip("'"))
-        else:
-            version = _version_at(lakehouse, table, value.strip("'"))
+            raise UsageError(f"time travel on unknown table {name!r}")
+        version = _known_version(lakehouse, table, value) if kind == "VERSION" else \
+            _version_at(lakehouse, table, value)
         view = f"{table}__v{version}"
         views[view] = (table, version)
-        return view
-
-    return _TRAVEL.sub(sub, sql), views
+        parts += [sql[pos:start], view]
+        pos = end
+    return "".join(parts) + sql[pos:], views
 
 
 def _referenced(sql: str) -> set[str] | None:
@@ -96,11 +142,25 @@ def _register(con, lakehouse: str, view: str, table: str, version: int | None) -
         raise
     except Exception as e:  # noqa: BLE001 - a damaged table fails only the queries using it
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise delta.BrokenTableError(f"table {table} cannot be read ({first}); "
-                                     "`lakerec doctor` says how to recover") from None
+        raise _unreadable(table, first, version) from None
+
+
+def _unreadable(table: str, cause: str, version: int | None) -> delta.BrokenTableError:
+    hint = "`lakerec doctor` says how to recover"
+    if version is not None:  # an old version's files may be gone by design
+        hint = ("an old version's files are deleted once it is older than the retention of "
+                f"`lakerec maintain`; else {hint}")
+    return delta.BrokenTableError(f"table {table} cannot be read ({cause}); {hint}")
 
 
 def connect(lakehouse: str, as_of: Mapping[str, int] | None = None, sql: str = ""):
+    """A DuckDB connection with the tables ``sql`` uses registered; returns (connection, the
+    query with its time-travel clauses rewritten). See :func:`_connect`."""
+    con, sql, _ = _connect(lakehouse, as_of, sql)
+    return con, sql
+
+
+def _connect(lakehouse: str, as_of: Mapping[str, int] | None, sql: str):
     """A DuckDB connection with the tables ``sql`` uses registered (``as_of`` pins versions).
 
     Only the tables the query names are opened, so a damaged table fails the queries that
@@ -113,6 +173,9 @@ def connect(lakehouse: str, as_of: Mapping[str, int] | None = None, sql: str = "
     unknown = set(as_of) - set(TABLES)
     if unknown:
         raise UsageError(f"unknown table(s) in --as-of: {', '.join(sorted(unknown))}")
+    for table, version in as_of.items():
+        if delta.exists(lakehouse, table):
+            _known_version(lakehouse, table, str(version))
     sql, views = rewrite(sql, lakehouse)
     used = _referenced(sql)
     # current_<table>: the current rows of a merge-on-read table, by the documented query
@@ -145,7 +208,7 @@ def connect(lakehouse: str, as_of: Mapping[str, int] | None = None, sql: str = "
             raise UsageError(f"table {table} does not exist")
         _register(con, lakehouse, view, table, version)
     con.execute("SET enable_external_access = false")
-    return con, sql
+    return con, sql, views
 
 
 def query(lakehouse: str, sql: str, *, as_of: Mapping[str, int] | None = None,
@@ -154,7 +217,7 @@ def query(lakehouse: str, sql: str, *, as_of: Mapping[str, int] | None = None,
     file missing under a table is :class:`~pipelines.storage.delta.BrokenTableError`."""
     import duckdb
 
-    con, sql = connect(lakehouse, as_of, sql)
+    con, sql, views = _connect(lakehouse, as_of, sql)
     try:
         cur = con.execute(sql)
         cols = [d[0] for d in cur.description] if cur.description else []
@@ -163,8 +226,8 @@ def query(lakehouse: str, sql: str, *, as_of: Mapping[str, int] | None = None,
         first = str(e).splitlines()[0]
         table = _table_of_path(lakehouse, str(e))
         if table is not None:
-            raise delta.BrokenTableError(f"table {table} cannot be read ({first[:300]}); "
-                                         "`lakerec doctor` says how to recover") from None
+            travelled = table in (as_of or {}) or any(t == table for t, _ in views.values())
+            raise _unreadable(table, first[:300], 0 if travelled else None) from None
         raise UsageError(first) from None
     finally:
         con.close()

@@ -11,6 +11,8 @@ import logging
 import os
 from dataclasses import dataclass
 
+from pipelines.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "lakerec"
@@ -49,10 +51,57 @@ def use(lakehouse: str) -> str:
     return uri
 
 
+# The columns of MLflow's SQL store that hold artifact locations (absolute URIs).
+_LOCATIONS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+              ("model_versions", "source"), ("model_versions", "storage_location"),
+              ("logged_models", "artifact_location"))
+
+
+def relocate(lakehouse: str) -> str | None:
+    """Point the lakehouse's own MLflow store at the artifacts under *this* lakehouse.
+
+    MLflow records artifact locations as absolute URIs. In a copied or moved lakehouse they
+    still name the original's folder, and a new run would write its model there: outside the
+    lakehouse. When the experiment's location is not this lakehouse's ``mlartifacts``, every
+    recorded location under the old root is rewritten to the new one, in one transaction.
+    Returns the old root (``None``: nothing to do). Only the embedded store
+    (``<lakehouse>/mlflow.db``) is touched, never a ``MLFLOW_TRACKING_URI`` server.
+    Cost: one indexed query per call; a rewrite touches each run and model version once.
+    """
+    import sqlite3
+
+    db_path = os.path.join(lakehouse, "mlflow.db")
+    if os.environ.get("MLFLOW_TRACKING_URI") or not os.path.exists(db_path):
+        return None
+    want = "file://" + os.path.join(os.path.abspath(lakehouse), "mlartifacts")
+    con = sqlite3.connect(db_path, timeout=30)
+    try:
+        row = con.execute("SELECT artifact_location FROM experiments WHERE name = ?",
+                          (EXPERIMENT,)).fetchone()
+        if row is None or not row[0] or row[0] == want or \
+                not row[0].startswith("file://") or not row[0].endswith("/mlartifacts"):
+            return None
+        old = row[0]
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        with con:
+            for table, col in _LOCATIONS:
+                if table in tables:
+                    con.execute(f"UPDATE {table} SET {col} = ? || substr({col}, ?) "  # noqa: S608
+                                f"WHERE {col} LIKE ? ESCAPE '\\'",
+                                (want, len(old) + 1, old.replace("%", "\\%")
+                                 .replace("_", "\\_") + "%"))
+        log.warning("MLflow store of %s pointed at artifacts in %s (a copied lakehouse): "
+                    "now at %s", lakehouse, old, want)
+        return old
+    finally:
+        con.close()
+
+
 def client(lakehouse: str):
     """An ``MlflowClient`` on the lakehouse's store (also set as mlflow's current store)."""
     import mlflow
 
+    relocate(lakehouse)
     uri = use(lakehouse)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -101,6 +150,27 @@ def remember_tuned(lakehouse: str, settings: dict) -> None:
                                          json.dumps(settings, sort_keys=True))
 
 
+def log_inputs(lakehouse: str, versions: dict[str, int | None], context: str = "training",
+               model_id: str | None = None) -> None:
+    """Log the input tables of the active run as MLflow datasets: each a Delta source with
+    the version read (the run's Inputs, and the logged model's when ``model_id`` is given)."""
+    import mlflow
+    from mlflow.data.delta_dataset_source import DeltaDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import LoggedModelInput
+
+    from pipelines.storage.deltalog import table_path
+
+    for table, version in versions.items():
+        if version is None:
+            continue
+        source = DeltaDatasetSource(path=table_path(lakehouse, table),
+                                    delta_table_version=int(version))
+        ds = MetaDataset(source, name=table, digest=f"v{version}")
+        mlflow.log_input(ds, context=context,
+                         model=LoggedModelInput(model_id) if model_id else None)
+
+
 @dataclass(frozen=True)
 class ModelRef:
     name: str
@@ -135,6 +205,117 @@ def get_version(lakehouse: str, version: int, name: str = ALS_MODEL) -> ModelRef
 def set_alias(lakehouse: str, version: int, alias: str = CHAMPION, name: str = ALS_MODEL) -> None:
     client(lakehouse).set_registered_model_alias(name, alias, str(version))
     log.info("%s: alias %s -> version %d", name, alias, version)
+
+
+# --------------------------------------------------------------------------- champion lifecycle
+# Every change of the champion is recorded on the version it points to, as tags: when, by what
+# (train, promote, rollback), why, and which version it replaced. ``previous`` chains the
+# champions: promote pushes (the new champion's previous is the old one), rollback pops (the
+# alias goes to the current champion's previous, whose own chain is kept, so a second rollback
+# goes one further back).
+PROMOTED_AT = "lakerec.promoted_at"
+PROMOTED_BY = "lakerec.promoted_by"
+PROMOTED_WHY = "lakerec.reason"
+PREVIOUS = "lakerec.previous_champion"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One registered model version, as ``lakerec models list`` shows it."""
+
+    version: int
+    created: str  # ISO-8601, UTC
+    trainer: str
+    run_id: str
+    metrics: dict
+    decision: str
+    champion: bool
+    promoted_at: str | None
+    promoted_by: str | None
+    reason: str | None
+    previous: int | None
+
+
+def _iso_ms(ms: int) -> str:
+    import datetime as _dt
+
+    return _dt.datetime.fromtimestamp(ms / 1000, _dt.UTC).isoformat(timespec="seconds")
+
+
+def list_versions(lakehouse: str, name: str = ALS_MODEL) -> list[VersionInfo]:
+    """Every version of the model, newest first, with its run's metrics and its champion
+    record (creates nothing: no store, no versions). Cost: one registry query and one run
+    lookup per version."""
+    from mlflow.exceptions import MlflowException
+
+    if find_experiment(lakehouse) is None:
+        return []
+    c = client(lakehouse)
+    try:
+        champ = int(c.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        champ = None
+    out = []
+    for mv in c.search_model_versions(f"name='{name}'"):
+        run = c.get_run(mv.run_id)
+        tags = mv.tags or {}
+        prev = tags.get(PREVIOUS)
+        out.append(VersionInfo(
+            int(mv.version), _iso_ms(mv.creation_timestamp),
+            run.data.params.get("trainer", "als"), mv.run_id, dict(run.data.metrics),
+            run.data.tags.get("decision", ""), int(mv.version) == champ,
+            tags.get(PROMOTED_AT), tags.get(PROMOTED_BY), tags.get(PROMOTED_WHY),
+            int(prev) if prev else None))
+    return sorted(out, key=lambda v: -v.version)
+
+
+def promote(lakehouse: str, version: int, *, reason: str, by: str,
+            name: str = ALS_MODEL) -> int | None:
+    """Make ``version`` the champion, recording when, why and by what; returns the champion
+    it replaced (``None`` if there was none). Promoting the champion again changes nothing.
+
+    Serving follows: ``score`` serves the alias on its next run, a running stream within its
+    model refresh interval.
+    """
+    import datetime as _dt
+
+    from mlflow.exceptions import MlflowException
+
+    c = client(lakehouse)
+    try:
+        c.get_model_version(name, str(version))
+    except MlflowException:
+        raise UsageError(f"{name} has no version {version} (`lakerec models list`)") from None
+    current = get_alias(lakehouse, name=name)
+    if current is not None and current.version == version:
+        return version
+    v = str(version)
+    c.set_model_version_tag(name, v, PROMOTED_AT,
+                            _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+    c.set_model_version_tag(name, v, PROMOTED_BY, by)
+    c.set_model_version_tag(name, v, PROMOTED_WHY, reason)
+    if by != "rollback":  # a rollback keeps the target's own chain
+        c.set_model_version_tag(name, v, PREVIOUS, str(current.version) if current else "")
+    set_alias(lakehouse, version, name=name)
+    return current.version if current else None
+
+
+def rollback(lakehouse: str, *, reason: str, name: str = ALS_MODEL) -> tuple[int, int]:
+    """Point the champion back at the one it replaced; returns ``(from, to)``.
+
+    A :class:`UsageError` when there is no champion, or it replaced none.
+    """
+    current = get_alias(lakehouse, name=name)
+    if current is None:
+        raise UsageError("no champion to roll back (`lakerec models list`)")
+    mv = client(lakehouse).get_model_version(name, str(current.version))
+    prev = (mv.tags or {}).get(PREVIOUS)
+    if not prev:
+        raise UsageError(f"the champion v{current.version} replaced no earlier champion: "
+                         "nothing to roll back to (`lakerec models promote VERSION`)")
+    promote(lakehouse, int(prev), reason=f"rollback from v{current.version}: {reason}",
+            by="rollback", name=name)
+    return current.version, int(prev)
 
 
 # --------------------------------------------------------------------------- the text encoder

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -54,6 +55,7 @@ from schemas import DEDUP_HORIZON_DAYS, EVENT_RULES, dedup_window, events
 from schemas.tables import (
     INTERACTIONS,
     ITEM_PLACEMENTS,
+    LIST_LENGTH_KEY,
     QUARANTINE,
     RECOMMENDATIONS,
     USER_FACTORS,
@@ -289,6 +291,30 @@ class BatchReport:
     io: dict = field(default_factory=dict)  # phase -> [bytes read, bytes written] by the driver
 
 
+BATCH_LOG_BYTES = 32 << 20  # the batch log rolls over to ``<log>.1`` at this size
+
+
+def log_batch(path: str, query: str, rep: BatchReport, at: float | None = None) -> None:
+    """Append one line for ``rep`` to the query's batch log (``_stream/<query>/batches.jsonl``:
+    what ``lakerec report`` plots the stream's freshness from). ``at``: when the batch
+    committed, in epoch seconds (default: now).
+
+    Bounded: past :data:`BATCH_LOG_BYTES` the log becomes ``<log>.1`` (replacing the one
+    before), so it holds the last 32-64 MiB of batches (about a week at one batch a second).
+    """
+    import json
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        if os.path.getsize(path) > BATCH_LOG_BYTES:
+            os.replace(path, path + ".1")
+    except FileNotFoundError:
+        pass
+    with open(path, "a") as f:
+        f.write(json.dumps({"query": query, "at": time.time() if at is None else at,
+                            **rep.__dict__}) + "\n")
+
+
 def _io_bytes() -> tuple[int, int]:
     """Bytes this process has read and written through system calls so far (Linux), page
     cache hits included: what a phase's reads cost whether or not the disk served them."""
@@ -470,7 +496,7 @@ def process_batch(ctx: StreamContext, df, batch_id: int) -> BatchReport:
             lap("user_factors")
         recs = _recommendation_rows(rows, model.version, now)
         write(RECOMMENDATIONS, lambda dt: delta.append_arrow(
-            lh, RECOMMENDATIONS, recs, txn=txn, metadata=meta, snapshot=dt))
+            lh, RECOMMENDATIONS, recs, txn=txn, metadata={**meta, LIST_LENGTH_KEY: ctx.k}, snapshot=dt))
         lap("recommendations")
     done = _dt.datetime.now(_dt.UTC)
     good = inter["ts"].to_pylist()

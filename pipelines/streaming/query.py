@@ -9,7 +9,6 @@ Example
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Mapping
@@ -18,7 +17,12 @@ import numpy as np
 
 from pipelines.model import topk
 from pipelines.streaming.checkpoint import check_checkpoint, latest_checkpoint_offsets
-from pipelines.streaming.microbatch import StreamContext, process_batch, record_checker
+from pipelines.streaming.microbatch import (
+    StreamContext,
+    log_batch,
+    process_batch,
+    record_checker,
+)
 
 
 def start_query(spark, ctx: StreamContext, *, source_options: Mapping[str, str],
@@ -57,10 +61,7 @@ def start_query(spark, ctx: StreamContext, *, source_options: Mapping[str, str],
                 raise
             ctx.reports.append(rep)
             if ctx.metrics_file:
-                os.makedirs(os.path.dirname(ctx.metrics_file), exist_ok=True)
-                with open(ctx.metrics_file, "a") as f:
-                    f.write(json.dumps({"query": ctx.query, "at": time.time(),
-                                        **rep.__dict__}) + "\n")
+                log_batch(ctx.metrics_file, ctx.query, rep)
 
     writer = (reader.load().writeStream.queryName(ctx.query).foreachBatch(on_batch)
               .option("checkpointLocation", checkpoint))

@@ -265,6 +265,12 @@ class KeyedState:
         if ch.removed_data or ch.schema_changed:
             return self._rebuild(lakehouse, spec, snap, f"rows removed or schema changed in "
                                                         f"v{have + 1}..v{latest}")
+        # a stream stopped for longer than `lakerec maintain`'s retention: files it has not
+        # read yet may have been compacted and vacuumed since (the rows live on in others)
+        root = delta.table_path(lakehouse, spec)
+        if not all(os.path.exists(os.path.join(root, f)) for f in ch.added):
+            return self._rebuild(lakehouse, spec, snap, f"files of v{have + 1}..v{latest} "
+                                                        "were vacuumed")
         with self._transaction():
             rows = sum(self._apply(lakehouse, spec, f, part)
                        for f, part in zip(ch.added, ch.added_partitions, strict=True))

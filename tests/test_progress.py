@@ -1,0 +1,55 @@
+"""Long steps say what they do: Spark jobs named after the step, a progress line meanwhile."""
+
+from __future__ import annotations
+
+import io
+import time
+
+from pipelines.runtime import cli
+from pipelines.runtime.progress import Ticker
+
+
+def test_a_step_names_its_spark_jobs_and_restores_the_name_after(spark):
+    sc = spark.sparkContext
+    with cli.step("ingest", out=io.StringIO()):
+        assert sc.getLocalProperty("spark.job.description") == "ingest"
+        with cli.step("dt=2024-06-01", out=io.StringIO()):
+            assert sc.getLocalProperty("callSite.short") == "ingest / dt=2024-06-01"
+        assert sc.getLocalProperty("callSite.short") == "ingest"
+    assert sc.getLocalProperty("spark.job.description") is None
+
+
+def test_the_ticker_shows_the_running_stage_while_a_job_runs(spark):
+    def slow(rows):
+        for r in rows:
+            time.sleep(0.3)
+            yield r
+
+    out = io.StringIO()
+    with Ticker("score", out, interval=0.2):
+        spark.sparkContext.parallelize(range(8), 4).mapPartitions(slow).count()
+    lines = out.getvalue().splitlines()
+    assert lines and all(line.startswith("    score: ") for line in lines)
+    assert any("tasks" in line and "stage " in line for line in lines), lines
+
+
+def test_on_a_terminal_other_output_clears_the_progress_line_first(spark):
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    def slow(rows):
+        for r in rows:
+            time.sleep(0.3)
+            yield r
+
+    term, before = Terminal(), sys.stdout
+    with Ticker("score", term, interval=0.1) as t:
+        spark.sparkContext.parallelize(range(4), 2).mapPartitions(slow).count()
+        assert t._drawn and "\r\033[K    score: " in term.getvalue()
+        drawn = len(term.getvalue())
+        print("model v2: promoted")  # what a step prints mid-way
+        assert term.getvalue()[drawn:].startswith("\r\033[K") and not t._drawn
+    assert sys.stdout is before  # restored
