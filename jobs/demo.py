@@ -192,7 +192,7 @@ def stream_demo(spark, lakehouse: str, user: str, k: int, timeout_s: float = 180
     from pipelines.storage.sql import format_rows
     from pipelines.streaming.checkpoint import end_offsets
     from pipelines.streaming.kafka_source import nested_offsets
-    from pipelines.streaming.microbatch import StreamContext
+    from pipelines.streaming.microbatch import StreamContext, batch_log_path
     from pipelines.streaming.query import start_query, stop_after_batch
 
     folder = os.path.join(lakehouse, "_broker")
@@ -201,7 +201,7 @@ def stream_demo(spark, lakehouse: str, user: str, k: int, timeout_s: float = 180
         broker.create_topic(st.bootstrap, "feedback", partitions=2)
         # one query per demo run: the in-memory broker starts empty each time
         name = "demo-" + _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
-        ctx = StreamContext(lakehouse, name, k=k)
+        ctx = StreamContext(lakehouse, name, k=k, metrics_file=batch_log_path(lakehouse, name))
         opts = {"kafka.bootstrap.servers": st.bootstrap, "subscribe": "feedback"}
         _, now = end_offsets(opts)  # from here on: nothing sent before this demo
         opts["startingOffsets"] = json.dumps(nested_offsets(now))

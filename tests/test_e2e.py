@@ -183,4 +183,5 @@ def test_the_demo_leaves_a_lakehouse_every_command_accepts(tmp_path):
     run([lakerec, "score", "--lakehouse", lh, "--k", "5"])
     out = run([lakerec, "check", "--lakehouse", lh])
     assert "lists of K = 5" in out.stdout and "quality gate: passed" in out.stdout
-    run([lakerec, "report", "--lakehouse", lh])
+    out = run([lakerec, "report", "--lakehouse", lh])
+    assert "(5 plots: models, lists, fallbacks, freshness, quarantine)" in out.stdout  # all

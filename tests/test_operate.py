@@ -65,6 +65,22 @@ def test_timestamp_as_of_uses_commit_times_and_survives_a_copy(versions, tmp_pat
         query(copy, "SELECT count(*) FROM items", as_of={"items": 9})
 
 
+def test_version_at_is_the_brute_force_answer_at_every_time(tmp_path):
+    """The binary search over the log's commit times against the newest commit at or before
+    each time, on 13 commits (each boundary, each gap, after the last)."""
+    lh = str(tmp_path / "lh")
+    for v in range(13):
+        delta.append_arrow(lh, ITEMS, items(1, f"b{v}-"))
+    commits = delta.history(lh, ITEMS, counts=False)
+    times = sorted({c.at for c in commits})
+    probes = [*times, *(t + dt.timedelta(microseconds=500) for t in times)]
+    for t in probes:
+        brute = max(c.version for c in commits if c.at <= t)
+        assert delta.version_at(lh, ITEMS, t) == brute, t
+    with pytest.raises(UsageError, match="first commit, v0"):
+        delta.version_at(lh, ITEMS, times[0] - dt.timedelta(seconds=1))
+
+
 def test_time_travel_is_read_from_the_query_tokens_not_its_text(versions):
     lh, _ = versions
     sql = ("SELECT 'items VERSION AS OF 1' AS s, count(*) FROM \"items\" version as of 1 "

@@ -517,3 +517,24 @@ def test_without_a_champion_the_stream_serves_popular_items(spark, lh, kafka):
     seen = query(lh, f"SELECT user_id, item_id FROM interactions WHERE user_id IN ({listed})")[1]
     assert not set(seen) & set(zip(recs["user_id"].to_pylist(), recs["item_id"].to_pylist(),
                                    strict=True))
+
+
+def test_the_stream_serves_a_promoted_or_rolled_back_champion_within_its_refresh(spark, lh):
+    """`lakerec models promote` / `rollback` move the alias; a running stream's next model
+    check (every ``model_refresh_s``) serves the new champion's factors."""
+    import dataclasses
+
+    from pipelines.streaming.microbatch import StreamContext
+
+    train(spark, lh, dataclasses.replace(PARAMS, seed=11, promote_if="significant"))
+    ctx = StreamContext(lh, "follow", k=K, model_refresh_s=0.0)
+    first = ctx.serving_model(spark).version
+    other = 2 if first == 1 else 1
+    tracking.promote(lh, other, reason="a test", by="promote")
+    assert ctx.serving_model(spark).version == other
+    assert tracking.rollback(lh, reason="a test") == (other, first)
+    assert ctx.serving_model(spark).version == first
+    slow = StreamContext(lh, "slow", k=K, model_refresh_s=3600.0)
+    assert slow.serving_model(spark).version == first
+    tracking.promote(lh, other, reason="a test", by="promote")
+    assert slow.serving_model(spark).version == first  # not before its refresh interval

@@ -101,10 +101,11 @@ class SparkALS:
             outputs=Schema([ColSpec("float", "prediction")]))
         # Model.log, not mlflow.spark.log_model: the latter takes the legacy path for a local
         # artifact store (no logged model, no model id); this one is MLflow 3's
-        return Model.log(artifact_path=None, name="model", flavor=mlflow.spark,
-                         spark_model=model.native, signature=signature,
-                         registered_model_name=tracking.ALS_MODEL,
-                         pip_requirements=[f"pyspark=={pyspark.__version__}"])
+        with tracking.registry_notes():
+            return Model.log(artifact_path=None, name="model", flavor=mlflow.spark,
+                             spark_model=model.native, signature=signature,
+                             registered_model_name=tracking.ALS_MODEL,
+                             pip_requirements=[f"pyspark=={pyspark.__version__}"])
 
 
 def item_gram(spark, pairs: DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -184,10 +185,11 @@ class SparkEASE:
             signature = ModelSignature(
                 inputs=Schema([ColSpec(Array(DataType.long), "items")]),
                 outputs=Schema([ColSpec(Array(DataType.long))]))
-            return mlflow.pyfunc.log_model(
-                name="model", python_model=EaseRecommender(k=card.k),
-                artifacts={"factors": path}, registered_model_name=tracking.ALS_MODEL,
-                signature=signature, pip_requirements=["numpy", "scipy"])
+            with tracking.registry_notes():
+                return mlflow.pyfunc.log_model(
+                    name="model", python_model=EaseRecommender(k=card.k),
+                    artifacts={"factors": path}, registered_model_name=tracking.ALS_MODEL,
+                    signature=signature, pip_requirements=["numpy", "scipy"])
 
 
 TRAINERS: dict[str, Trainer] = {t.name: t for t in (SparkALS(), SparkEASE())}

@@ -196,10 +196,12 @@ def _hourly_lags(path: str, query: str, since: _dt.datetime, hours: dict) -> Non
 def stream_freshness(lakehouse: str, since: _dt.datetime) -> list[dict]:
     """Event -> commit lag per query and hour since ``since``: p50 and p95 over the hour's
     batches, each batch's own quantile counted once per valid record it committed."""
+    from pipelines.streaming.microbatch import batch_log_path
+
     root = os.path.join(lakehouse, "_stream")
     hours: dict[tuple[str, str], list] = {}
     for q in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        path = os.path.join(root, q, "batches.jsonl")
+        path = batch_log_path(lakehouse, q)
         for part in (path + ".1", path):  # the rolled-over log first, then the live one
             if os.path.isfile(part):
                 _hourly_lags(part, q, since, hours)

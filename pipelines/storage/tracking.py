@@ -7,6 +7,8 @@ mlflow is imported inside the functions: importing it costs about 1.5 s.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -119,6 +121,21 @@ def experiment_id(lakehouse: str, name: str = EXPERIMENT) -> str:
         if exp is None:
             raise
         return exp.experiment_id
+
+
+@contextlib.contextmanager
+def registry_notes():
+    """Registration's own prints to stderr (``Successfully registered model ...``, ``Created
+    version ...``) into the log instead, at INFO: step output stays one format."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
+            yield
+    finally:
+        for line in buf.getvalue().splitlines():
+            if line.strip():
+                log.log(logging.WARNING if "warn" in line.lower() or "error" in line.lower()
+                        else logging.INFO, "mlflow: %s", line.strip())
 
 
 def find_experiment(lakehouse: str, name: str = EXPERIMENT):
@@ -366,13 +383,14 @@ def register_encoder(lakehouse: str, folder: str, variant: str) -> int:
                                "max_length": manifest.get("max_length"),
                                "opset": manifest.get("opset"), "sha256": sha})
             mlflow.log_metrics({k: float(v) for k, v in manifest.get("checks", {}).items()})
-            info = mlflow.onnx.log_model(
-                onnx.load(os.path.join(folder, file)), name="encoder",
-                registered_model_name=ENCODER_MODEL, save_as_external_data=False,
-                extra_files=[os.path.join(folder, "tokenizer.json"),
-                             os.path.join(tmp, "manifest.json")],
-                pip_requirements=["onnxruntime", "tokenizers"],
-                metadata={"variant": variant, "sha256": sha})
+            with registry_notes():
+                info = mlflow.onnx.log_model(
+                    onnx.load(os.path.join(folder, file)), name="encoder",
+                    registered_model_name=ENCODER_MODEL, save_as_external_data=False,
+                    extra_files=[os.path.join(folder, "tokenizer.json"),
+                                 os.path.join(tmp, "manifest.json")],
+                    pip_requirements=["onnxruntime", "tokenizers"],
+                    metadata={"variant": variant, "sha256": sha})
     version = int(info.registered_model_version)
     c.set_model_version_tag(ENCODER_MODEL, str(version), "sha256", sha)
     c.set_model_version_tag(ENCODER_MODEL, str(version), "variant", variant)

@@ -294,6 +294,11 @@ class BatchReport:
 BATCH_LOG_BYTES = 32 << 20  # the batch log rolls over to ``<log>.1`` at this size
 
 
+def batch_log_path(lakehouse: str, query: str) -> str:
+    """Where a query's batch log lives: ``<lakehouse>/_stream/<query>/batches.jsonl``."""
+    return os.path.join(lakehouse, "_stream", query, "batches.jsonl")
+
+
 def log_batch(path: str, query: str, rep: BatchReport, at: float | None = None) -> None:
     """Append one line for ``rep`` to the query's batch log (``_stream/<query>/batches.jsonl``:
     what ``lakerec report`` plots the stream's freshness from). ``at``: when the batch

@@ -24,7 +24,6 @@ from __future__ import annotations
 import builtins
 import importlib
 import logging
-import os
 import re
 import signal
 import sys
@@ -152,13 +151,12 @@ def run(spark, cfg: StreamConfig) -> int:
         committed_offsets,
         end_offsets,
     )
-    from pipelines.streaming.microbatch import StreamContext
+    from pipelines.streaming.microbatch import StreamContext, batch_log_path
     from pipelines.streaming.query import start_query, stop_after_batch
 
     ctx = StreamContext(cfg.lakehouse, cfg.query, k=cfg.k, new_item_slots=cfg.new_item_slots,
                         dedup_horizon_days=cfg.dedup_horizon_days, state_dir=cfg.state_dir,
-                        metrics_file=os.path.join(cfg.lakehouse, "_stream", cfg.query,
-                                                  "batches.jsonl"))
+                        metrics_file=batch_log_path(cfg.lakehouse, cfg.query))
     signalled: list[int] = []
 
     def on_signal(signum, _frame):
