@@ -47,7 +47,7 @@ demo: setup models
 	$(VENV)/bin/lakerec demo
 
 test: setup airflow-venv models
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=25
 
 lint: setup
 	$(VENV)/bin/ruff check pipelines jobs schemas tests models bench

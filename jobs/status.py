@@ -43,7 +43,8 @@ def parse(argv: list[str] | None) -> StatusConfig:
     add_kafka_options(p, topic=False)  # the stream's lag: the topics come from its checkpoint
     d = Thresholds()
     for f in fields(Thresholds):
-        p.add_argument(f"--{f.name.replace('_', '-')}", help=f"alert threshold ({getattr(d, f.name):g})")
+        p.add_argument(f"--{f.name.replace('_', '-')}",
+                       help=f"alert when over: {f.metadata['help']} ({getattr(d, f.name):g})")
     args, s = cli.parse_args(p, argv, section="status")
     values = {f.name: s.get(f.name, flag=getattr(args, f.name), default=getattr(d, f.name),
                             cast=nonneg_int if f.type in (int, "int") else nonneg_float)

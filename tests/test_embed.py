@@ -289,12 +289,15 @@ def test_usage_errors_exit_2_before_anything_runs(tmp_path, capsys):
     assert capsys.readouterr().err.strip().startswith(f"lakerec embed: error: no lakehouse at {lh}")
     assert not lh.exists()
     lh.mkdir()
+    assert embed_job.main(["--lakehouse", str(lh)]) == 2
+    assert "is not a lakehouse" in capsys.readouterr().err
+    (lh / "items" / "_delta_log").mkdir(parents=True)  # a lakehouse with a catalog
     assert embed_job.main(["--lakehouse", str(lh), "--variant", "fp16"]) == 2
     assert embed_job.main(["--lakehouse", str(lh), "--encoder-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lakerec embed: error: no encoder export") and \
         "make models" in err[-1]
-    assert os.listdir(lh) == []  # nothing written
+    assert os.listdir(lh) == ["items"]  # nothing written
 
 
 def test_a_running_stream_picks_up_newly_placed_items(spark, embedded):

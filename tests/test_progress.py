@@ -19,15 +19,35 @@ def test_a_step_names_its_spark_jobs_and_restores_the_name_after(spark):
     assert sc.getLocalProperty("spark.job.description") is None
 
 
-def test_the_ticker_shows_the_running_stage_while_a_job_runs(spark):
+def _while_a_job_runs(spark, until, timeout=60.0):
+    """Run a slow Spark job in the background until ``until()`` holds (or ``timeout``)."""
+    import threading
+
     def slow(rows):
         for r in rows:
-            time.sleep(0.3)
+            time.sleep(0.2)
             yield r
 
+    done = threading.Event()
+
+    def job():
+        while not done.is_set():
+            spark.sparkContext.parallelize(range(4), 2).mapPartitions(slow).count()
+
+    t = threading.Thread(target=job, daemon=True)
+    t.start()
+    deadline = time.monotonic() + timeout
+    while not until() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    done.set()
+    t.join(timeout=30)
+    return until()
+
+
+def test_the_ticker_shows_the_running_stage_while_a_job_runs(spark):
     out = io.StringIO()
-    with Ticker("score", out, interval=0.2):
-        spark.sparkContext.parallelize(range(8), 4).mapPartitions(slow).count()
+    with Ticker("score", out, interval=0.1):
+        assert _while_a_job_runs(spark, lambda: "stage " in out.getvalue())
     lines = out.getvalue().splitlines()
     assert lines and all(line.startswith("    score: ") for line in lines)
     assert any("tasks" in line and "stage " in line for line in lines), lines
@@ -40,16 +60,12 @@ def test_on_a_terminal_other_output_clears_the_progress_line_first(spark):
         def isatty(self):
             return True
 
-    def slow(rows):
-        for r in rows:
-            time.sleep(0.3)
-            yield r
-
     term, before = Terminal(), sys.stdout
     with Ticker("score", term, interval=0.1) as t:
-        spark.sparkContext.parallelize(range(4), 2).mapPartitions(slow).count()
-        assert t._drawn and "\r\033[K    score: " in term.getvalue()
-        drawn = len(term.getvalue())
-        print("model v2: promoted")  # what a step prints mid-way
-        assert term.getvalue()[drawn:].startswith("\r\033[K") and not t._drawn
+        assert _while_a_job_runs(spark, lambda: t._drawn)
+        assert "\r\033[K    score: " in term.getvalue()
+        with t._lock:  # no tick in between
+            drawn = len(term.getvalue())
+            print("model v2: promoted")  # what a step prints mid-way
+            assert term.getvalue()[drawn:].startswith("\r\033[K") and not t._drawn
     assert sys.stdout is before  # restored

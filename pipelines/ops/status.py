@@ -30,11 +30,16 @@ log = logging.getLogger(__name__)
 class Thresholds:
     """When :func:`alerts` fires; each is a ``[status]`` key of ``lakerec.toml``."""
 
-    max_list_age_hours: float = 36.0  # recommendations not rewritten for longer: score stalled
-    max_quarantine_rate: float = 0.05  # of the last ingested day's rows
-    max_fallback_share: float = 0.5  # users whose top item is not the model's
-    max_coverage_drop: float = 0.5  # relative drop of catalog coverage since the last score
-    max_stream_lag: int = 100_000  # records the stream has not committed yet
+    max_list_age_hours: float = field(default=36.0, metadata={
+        "help": "hours since score last wrote the lists (score stalled)"})
+    max_quarantine_rate: float = field(default=0.05, metadata={
+        "help": "share of the last ingested day's rows quarantined"})
+    max_fallback_share: float = field(default=0.5, metadata={
+        "help": "share of users whose list opens with a fallback (popular, content)"})
+    max_coverage_drop: float = field(default=0.5, metadata={
+        "help": "relative drop of catalog coverage since the previous score"})
+    max_stream_lag: int = field(default=100_000, metadata={
+        "help": "records a stream query is behind the broker's end offsets"})
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
