@@ -69,3 +69,22 @@ def test_on_a_terminal_other_output_clears_the_progress_line_first(spark):
             print("model v2: promoted")  # what a step prints mid-way
             assert term.getvalue()[drawn:].startswith("\r\033[K") and not t._drawn
     assert sys.stdout is before  # restored
+
+
+def test_a_log_handler_on_a_closed_stream_is_left_alone(spark):
+    import logging
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    closed = io.StringIO()
+    closed.close()
+    handler = logging.StreamHandler(closed)
+    logging.getLogger().addHandler(handler)
+    try:
+        with Ticker("score", Terminal(), interval=0.1):
+            pass
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert handler.stream is closed

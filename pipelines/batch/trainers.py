@@ -179,7 +179,7 @@ class SparkEASE:
             path = os.path.join(tmp, "factors.npz")
             np.savez(path, item_idx=model.item_idx, y=model.y)
             from mlflow.models import ModelSignature
-            from mlflow.types import Array, ColSpec, DataType, Schema
+            from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
             # a user's touched item_idx in, their top-k unseen item_idx out
             signature = ModelSignature(

@@ -56,6 +56,13 @@ def stage_line(sc) -> str | None:
     return "; ".join(parts[:3]) or None
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed file
+        return False
+
+
 class _Clearing:
     """A text stream that clears the ticker's line on the terminal before anything else is
     written to it, so that a step's own output never lands at the end of the progress line."""
@@ -81,7 +88,7 @@ class Ticker:
 
     def __init__(self, name: str, out=None, *, interval: float | None = None):
         self.name, self.out = name, out or sys.stdout
-        self.tty = bool(getattr(self.out, "isatty", lambda: False)())
+        self.tty = _is_terminal(self.out)
         self.interval = interval if interval is not None else (1.0 if self.tty else 30.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="lakerec-progress")
@@ -107,8 +114,7 @@ class Ticker:
             self._swapped.append(lambda a=attr, o=old: setattr(sys, a, o))
         for h in logging.getLogger().handlers:
             stream = getattr(h, "stream", None)
-            if isinstance(h, logging.StreamHandler) and stream is not None and \
-                    getattr(stream, "isatty", lambda: False)():
+            if isinstance(h, logging.StreamHandler) and _is_terminal(stream):
                 h.setStream(_Clearing(stream, self))
                 self._swapped.append(lambda h=h, o=stream: h.setStream(o))
 
