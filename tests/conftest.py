@@ -81,3 +81,13 @@ def ingested(spark, lakehouse: str, spec) -> str:
     ingest_dates(spark, lakehouse, landing.list_dates(os.path.join(out, "events")),
                  source=os.path.join(out, "events"))
     return out
+
+
+def overwrite(lh: str, spec, table, **meta):
+    """Replace ``spec``'s rows by the Arrow ``table`` in one commit carrying ``meta`` (how
+    ``score`` writes ``recommendations``)."""
+    from pipelines.storage import delta
+
+    snap = delta.ensure_table(lh, spec)
+    return delta.commit(delta.stage_arrow(table, lh, spec), snapshot=snap, mode="overwrite",
+                        metadata=meta)

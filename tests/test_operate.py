@@ -16,7 +16,7 @@ from pipelines.errors import UsageError
 from pipelines.storage import delta
 from pipelines.storage.sql import query, rewrite
 from schemas.tables import ITEMS
-from tests.conftest import VENV_BIN, job_env
+from tests.conftest import VENV_BIN, job_env, overwrite
 
 
 def lakerec(*args, cwd=None, **env):
@@ -125,12 +125,6 @@ def test_a_folder_that_is_not_a_lakehouse_is_refused_and_left_alone(tmp_path, co
         if before is not None:
             assert sorted(os.walk(root)) == before
     assert sorted(os.listdir("/etc")) == etc_before
-
-
-def overwrite(lh, spec, table, **meta):
-    dt_ = delta.ensure_table(lh, spec)
-    return delta.commit(delta.stage_arrow(table, lh, spec), snapshot=dt_, mode="overwrite",
-                        metadata=meta)
 
 
 def test_history_lists_the_commits_with_what_the_job_recorded(versions):

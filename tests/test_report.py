@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pipelines.ops.report import gini, top_share, weighted_quantile
 from pipelines.storage import delta
 from schemas.tables import INTERACTIONS, ITEMS, LIST_LENGTH_KEY, QUARANTINE, RECOMMENDATIONS
-from tests.conftest import ROOT, VENV_BIN, job_env
+from tests.conftest import ROOT, VENV_BIN, job_env, overwrite
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # where the browser test leaves its screenshot of the report (ignored by git)
@@ -62,12 +62,6 @@ def test_gini_known_values():
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 DAY = NOW.date()
-
-
-def _overwrite(lh, spec, table, **meta):
-    snap = delta.ensure_table(lh, spec)
-    return delta.commit(delta.stage_arrow(table, lh, spec), snapshot=snap, mode="overwrite",
-                        metadata=meta)
 
 
 def _recs(rows, at, version=1):
@@ -122,11 +116,11 @@ def known(tmp_path):
     _register(lh, [(0.20, 0.10), (0.25, 0.11)])
     early = NOW - dt.timedelta(hours=30)
     # score 1: 4 users x 2 slots on i0, i1 only
-    _overwrite(lh, RECOMMENDATIONS, _recs([(f"u{u}", r, f"i{r - 1}", "als")
+    overwrite(lh, RECOMMENDATIONS, _recs([(f"u{u}", r, f"i{r - 1}", "als")
                                            for u in range(4) for r in (1, 2)], early),
                **{"lakerec.model_version": 1, LIST_LENGTH_KEY: 2})
     # score 2: users 0-1 on the model (i0, i1), users 2-3 popular (i2, i3)
-    _overwrite(lh, RECOMMENDATIONS, _recs(
+    overwrite(lh, RECOMMENDATIONS, _recs(
         [(f"u{u}", r, f"i{r - 1 + (2 if u >= 2 else 0)}", "als" if u < 2 else "popular")
          for u in range(4) for r in (1, 2)], NOW - dt.timedelta(hours=2)),
         **{"lakerec.model_version": 2, LIST_LENGTH_KEY: 2})
