@@ -14,6 +14,8 @@ COMMANDS = {
     "place": ("jobs.place", "place new items in the champion's factor space from their text"),
     "score": ("jobs.score", "top-K recommendations for every user"),
     "stream": ("jobs.stream", "Kafka feedback -> fold-in -> fresh recommendations, exactly once"),
+    "publish": ("jobs.publish", "push the changed lists to the online store (exactly once)"),
+    "serve": ("jobs.serve", "the HTTP recommendation API over the online store"),
     "broker": ("jobs.broker", "start/stop a local Kafka-compatible broker"),
     "produce": ("jobs.produce", "send events (replayed logs or synthetic feedback) to Kafka"),
     "sql": ("jobs.sql", "analyst SQL over the tables (DuckDB), with time travel"),

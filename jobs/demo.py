@@ -8,7 +8,9 @@ generate -> ingest every day (+ catalog) -> train (holdout evaluation, MLflow, c
 items placed by their text) -> a summary: table row counts, metrics next to the popularity baseline, and one
 user's recent history beside their recommendations -> the local broker and the stream: that
 user buys from a taste cluster they never touched, and their recommendations are shown again
-after the stream's fold-in. Steps already done on the same inputs
+after the stream's fold-in, by the HTTP API (``lakerec serve``) before and after, the stream
+pushing the refreshed list to its online store; what the API served lands in ``exposures``.
+Steps already done on the same inputs
 are skipped, so a second run only trains a new model and compares it with the champion.
 """
 
@@ -88,9 +90,22 @@ def body(spark, cfg: DemoConfig) -> int:
         s = score(spark, lh, k=cfg.params.k)
         if not s.skipped:
             print(f"    {s.users:,} users, {s.rows:,} rows {s.by_source}")
+    with cli.step("publish the lists to the online store"):
+        from pipelines.online.publish import Publisher
+        from pipelines.online.store import default_store_url, open_store
+
+        store = open_store(default_store_url(lh))
+        print(f"    {Publisher(lh, store).sync().line()}")
+        store.close()
     user = summary(lh, cfg.params.k)
     if cfg.stream:
         stream_demo(spark, lh, user, cfg.params.k)
+    else:
+        api = Api(lh, exposures=False)
+        try:
+            api.curl(user, cfg.params.k)
+        finally:
+            api.stop()
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s. Explore: "
           f"lakerec sql --lakehouse {lh} \"SELECT * FROM current_recommendations LIMIT 10\"")
     return 0
@@ -183,6 +198,59 @@ def recommendations_of(lakehouse: str, user: str, k: int):
         WHERE r.user_id = '{user}' ORDER BY r.rank LIMIT {k}""")
 
 
+class Api:
+    """``lakerec serve`` on a free loopback port, for the demo's curls."""
+
+    def __init__(self, lakehouse: str, *, exposures: bool):
+        import os
+        import socket
+        import subprocess
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        exe = os.path.join(os.path.dirname(sys.executable), "lakerec")
+        self.proc = subprocess.Popen(
+            [exe, "serve", "--lakehouse", lakehouse, "--port", str(self.port),
+             *([] if exposures else ["--no-exposures"])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while self.get("/readyz") is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"lakerec serve did not start: {self.stop()[-2000:]}")
+            time.sleep(0.2)
+
+    def get(self, path: str) -> dict | None:
+        import json
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                return json.loads(r.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+
+    def curl(self, user: str, k: int) -> dict:
+        import json
+
+        path = f"/v1/users/{user}/recommendations?k={k}"
+        print(f"$ curl -s 'http://127.0.0.1:{self.port}{path}'")
+        doc = self.get(path)
+        print(json.dumps(doc, separators=(",", ":")))
+        return doc
+
+    def stop(self) -> str:
+        import subprocess
+
+        self.proc.terminate()
+        try:
+            return self.proc.communicate(timeout=30)[1] or ""
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.communicate()[1] or ""
+
+
 def stream_demo(spark, lakehouse: str, user: str, k: int, timeout_s: float = 180.0) -> None:
     """Broker + stream in this session; a burst of purchases from a new taste cluster."""
     import json
@@ -201,14 +269,27 @@ def stream_demo(spark, lakehouse: str, user: str, k: int, timeout_s: float = 180
         broker.create_topic(st.bootstrap, "feedback", partitions=2)
         # one query per demo run: the in-memory broker starts empty each time
         name = "demo-" + _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
-        ctx = StreamContext(lakehouse, name, k=k, metrics_file=batch_log_path(lakehouse, name))
+        from pipelines.online.store import default_store_url
+
+        ctx = StreamContext(lakehouse, name, k=k, metrics_file=batch_log_path(lakehouse, name),
+                            store_url=default_store_url(lakehouse))
         opts = {"kafka.bootstrap.servers": st.bootstrap, "subscribe": "feedback"}
         _, now = end_offsets(opts)  # from here on: nothing sent before this demo
         opts["startingOffsets"] = json.dumps(nested_offsets(now))
         q = start_query(spark, ctx, checkpoint=os.path.join(lakehouse, "_checkpoints", name),
                         source_options=opts, trigger_s=0.5)
         ctx.serving_model(spark)  # load the champion before the burst, as a running stream has
+        # the API (its exposure log to the local broker) and the query landing that log
+        api = Api(lakehouse, exposures=True)
+        ename = name.replace("demo-", "demo-exposures-")
+        ectx = StreamContext(lakehouse, ename, kind="exposures")
+        eopts = {"kafka.bootstrap.servers": st.bootstrap, "subscribe": "exposures"}
+        eopts["startingOffsets"] = json.dumps(nested_offsets(end_offsets(eopts)[1]))
+        eq = start_query(spark, ectx, checkpoint=os.path.join(lakehouse, "_checkpoints", ename),
+                         source_options=eopts, trigger_s=0.5)
     try:
+        print(f"\n== {user}: the API's answer before (lakerec serve, from the online store)")
+        before = api.curl(user, k)
         # the category's 6th-10th best sellers: the top five stay unseen, so the refreshed
         # list can show them (bought, they would be filtered out as seen)
         category, items = feedback.untouched_cluster_items(lakehouse, user, n=5, skip=5)
@@ -229,7 +310,22 @@ def stream_demo(spark, lakehouse: str, user: str, k: int, timeout_s: float = 180
               f"({len(ctx.reports)} micro-batches)")
         print(f"\n== {user}: recommendations after the stream's fold-in")
         print(format_rows(*recommendations_of(lakehouse, user, k)))
+        path = f"/v1/users/{user}/recommendations?k={k}"
+        while time.monotonic() < deadline and (api.get(path) or {}).get(
+                "generated_at") == before["generated_at"]:
+            time.sleep(0.05)
+        print(f"\n== {user}: the API's answer after, served {time.perf_counter() - t0:.1f} s "
+              "after sending")
+        after = api.curl(user, k)
+        want = len(before["items"]) + len(after["items"])
+        while time.monotonic() < deadline and sum(r.users for r in ectx.reports) < want:
+            time.sleep(0.1)
+        landed = sum(r.users for r in ectx.reports)
+        print(f"\n== exposures: {landed} list positions the API served landed in the "
+              f"exposures table (lakerec sql \"SELECT * FROM exposures\")")
     finally:
+        api.stop()
+        stop_after_batch(ectx, eq)
         stop_after_batch(ctx, q)
         broker.stop(folder)
 

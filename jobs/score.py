@@ -1,7 +1,11 @@
 """lakerec score: top-K recommendations for every user from the champion model.
 
     lakerec score [--k 10] [--model-version N] [--popularity-days N] [--new-item-slots 1]
+                  [--store URL|none]
     spark-submit jobs/score.py  (same arguments)
+
+Then publishes the lists that changed to the online store (``lakerec publish``; ``--store
+none`` skips it, as the Airflow DAG does to publish only after the quality gate).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ class ScoreConfig:
     popularity_days: int | None
     new_item_slots: int
     log_level: str | None
+    store: str | None = None
 
 
 def parse(argv: list[str] | None) -> ScoreConfig:
@@ -32,6 +37,9 @@ def parse(argv: list[str] | None) -> ScoreConfig:
     p.add_argument("--new-item-slots",
                    help="places per list reserved for items placed by their text "
                         f"({DEFAULTS.new_item_slots}; 0 = none)")
+    from jobs.publish import add_store_option, store_url
+
+    add_store_option(p)
     args, s = cli.parse_args(p, argv, section="score")
     s.existing_lakehouse("interactions")  # reads it: a mistyped path is a usage error
     s.check_writable(s.lakehouse, "--lakehouse")
@@ -41,7 +49,7 @@ def parse(argv: list[str] | None) -> ScoreConfig:
         s.get("popularity_days", flag=args.popularity_days, default=None, cast=positive_int),
         s.get("new_item_slots", flag=args.new_item_slots, default=DEFAULTS.new_item_slots,
               cast=nonneg_int),
-        args.log_level)
+        args.log_level, store_url(args, s, allow_none=True))
 
 
 def body(spark, cfg: ScoreConfig) -> int:
@@ -55,6 +63,12 @@ def body(spark, cfg: ScoreConfig) -> int:
     else:
         print(f"    {r.users:,} users, {r.rows:,} rows {r.by_source} from model "
               f"v{r.model_version} -> recommendations v{r.version}")
+    if cfg.store:
+        from jobs.publish import PublishConfig
+        from jobs.publish import body as publish
+
+        with cli.step("publish to the online store"):
+            publish(None, PublishConfig(cfg.lakehouse, cfg.store, 1000, cfg.log_level))
     return 0
 
 

@@ -5,7 +5,13 @@
                    [--max-offsets-per-trigger 20000] [--trigger-seconds 1]
                    [--available-now] [--timeout SECONDS] [--skip-lost-offsets] [--k 10]
                    [--new-item-slots 1] [--max-restarts 5] [--group-id-for-commits G]
+                   [--store URL|none] [--exposures]
     spark-submit jobs/stream.py   (same arguments)
+
+After each commit the touched users' lists are pushed to the online store (``--store``,
+default the lakehouse's embedded one; ``none``: off), which ``lakerec serve`` reads.
+``--exposures`` runs the other query instead: the API's exposure log (topic ``exposures``)
+into the ``exposures`` table, exactly once (query name ``exposures``).
 
 Runs until SIGTERM/SIGINT (it stops after the batch in flight), --timeout, or, with
 --available-now, once everything up to now is processed. Exactly once whatever the crash:
@@ -122,12 +128,23 @@ def parse(argv: list[str] | None) -> StreamConfig:
                    help="folder of the keyed state (users' histories and indexes, rebuilt "
                         "from the tables when missing); a local disk of the driver "
                         "(default <lakehouse>/_stream/<query>/state)")
+    p.add_argument("--exposures", action="store_true",
+                   help="land the API's exposure log (topic exposures) in the exposures "
+                        "table instead of processing feedback")
+    from jobs.publish import add_store_option, store_url
+
+    add_store_option(p)
     p.add_argument("--max-restarts", default=None,
                    help="restarts after a transient failure such as a broker outage "
                         "(default 5)")
     args, s = cli.parse_args(p, argv, section="stream")
+    kind = "exposures" if args.exposures else "feedback"
+    if args.exposures and args.topic is None:
+        args.topic = "exposures"
     bootstrap, topic, kafka = kafka_settings(args, s)
-    query = s.get("query_name", flag=args.query_name, default="feedback")
+    query = args.query_name if args.exposures and args.query_name else \
+        ("exposures" if args.exposures else
+         s.get("query_name", flag=args.query_name, default="feedback"))
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", query):
         raise UsageError(f"--query-name must be 1-100 of A-Z a-z 0-9 _ . - : {query!r}")
     checkpoint = s.check_writable(
@@ -152,7 +169,7 @@ def parse(argv: list[str] | None) -> StreamConfig:
               cast=nonneg_int),
         s.get("dedup_horizon_days", flag=args.dedup_horizon_days,
               default=DEDUP_HORIZON_DAYS, cast=nonneg_int),
-        state_dir)
+        state_dir, None if args.exposures else store_url(args, s, allow_none=True), kind)
     try:
         SourceOptions.parse(cfg.source_options())
     except KafkaConfigError as e:

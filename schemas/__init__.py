@@ -114,7 +114,7 @@ def _load_rules() -> EventRules:
         max_payload_bytes=int(ext["max_payload_bytes"]),
         min_ts=ext["min_ts"],
         max_future_skew_hours=int(ext["max_future_skew_hours"]),
-        optional_strings=("session_id", "source"),
+        optional_strings=("session_id", "source", "request_id"),
     )
 
 

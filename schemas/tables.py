@@ -159,6 +159,9 @@ INTERACTIONS = TableSpec(
         _c("source", "string", True, "the producer's own source field (app, web, ...)"),
         *_INGEST_LINEAGE,
         _c("dt", "date", False, "arrival date: the log partition (batch) or processing date"),
+        # last, so that a table made before it gains it by appending a column
+        _c("request_id", "string", True,
+           "the served list (exposures.request_id) the event answers, when the app sent it"),
     ),
     partition_by=("dt",),
     key=("event_id",),
@@ -176,7 +179,7 @@ QUARANTINE = TableSpec(
         _c("ingest_source", "string", False, "file URI or kafka://topic/partition/offset"),
         _c("ingest_id", "string", False),
         _c("quarantined_at", "timestamp", False),
-        _c("origin", "string", False, "events | catalog | stream"),
+        _c("origin", "string", False, "events | catalog | stream | exposures"),
         _c("dt", "date", False, "the ingested date (batch) or processing date (stream)"),
     ),
     partition_by=("origin", "dt"),
@@ -323,9 +326,31 @@ SIMILAR_ITEMS = TableSpec(
     key=("encoder_version", "item_id", "rank"),
 )
 
+EXPOSURES = TableSpec(
+    name="exposures",
+    doc="What the API served: one row per list position of each response (lakerec serve "
+        "-> Kafka -> lakerec stream --exposures), landed exactly once.",
+    columns=(
+        _c("request_id", "string", False, "the response's id; feedback events may carry it"),
+        _c("user_id", "string", False),
+        _c("position", "int", False, "1 = first shown (offset included)"),
+        _c("item_id", "string", False),
+        _c("source", "string", False, "als | ease | fold_in | popular | content"),
+        _c("model_version", "long", True, "the model behind the list; null for popularity"),
+        _c("variant", "string", True, "the experiment arm, when one is set"),
+        _c("route", "string", False, "recommendations | similar"),
+        _c("served_at", "timestamp", False, "when the API answered (UTC)"),
+        _c("ingest_source", "string", False, "kafka://topic/partition/offset"),
+        _c("ingest_id", "string", False, "stream:<query>:<batch>"),
+        _c("dt", "date", False, "the date of served_at"),
+    ),
+    partition_by=("dt",),
+    key=("request_id", "position"),
+)
+
 TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (INTERACTIONS, QUARANTINE, ITEMS, USER_INDEX, ITEM_INDEX, USER_FACTORS,
               ITEM_FACTORS, ITEM_PLACEMENTS, RECOMMENDATIONS, ITEM_EMBEDDINGS,
-              SIMILAR_ITEMS)
+              SIMILAR_ITEMS, EXPOSURES)
 }

@@ -91,3 +91,99 @@ def overwrite(lh: str, spec, table, **meta):
     snap = delta.ensure_table(lh, spec)
     return delta.commit(delta.stage_arrow(table, lh, spec), snapshot=snap, mode="overwrite",
                         metadata=meta)
+
+
+def store_lists(url: str) -> dict[str, tuple]:
+    """Every list in the online store at ``url``: user -> (generated_at, [(item, source)])."""
+    import json
+
+    from pipelines.online.store import open_store
+
+    st = open_store(url)
+    try:
+        out = {}
+        for user in st.digests():
+            doc = json.loads(st.get_list(user))
+            out[user] = (doc["generated_at"], [(i[0], i[2]) for i in doc["items"]])
+        return out
+    finally:
+        st.close()
+
+
+def table_lists(lh: str) -> dict[str, tuple]:
+    """The current lists of ``recommendations``, in :func:`store_lists`' shape."""
+    from pipelines.storage import delta
+    from schemas.tables import RECOMMENDATIONS
+
+    t = delta.current_table(lh, RECOMMENDATIONS).sort_by([("user_id", "ascending"),
+                                                          ("rank", "ascending")])
+    out: dict[str, tuple] = {}
+    for u, item, src, g in zip(*(t[c].to_pylist() for c in ("user_id", "item_id", "source",
+                                                             "generated_at")), strict=True):
+        stamp = g.isoformat().replace("+00:00", "Z")
+        out.setdefault(u, (stamp, []))[1].append((item, src))
+    return out
+
+
+def assert_store_matches(lh: str, url: str) -> None:
+    """The store holds exactly the table's current lists (users, items in order, times)."""
+    want, got = table_lists(lh), store_lists(url)
+    assert want, "the table holds no lists"
+    missing, extra = set(want) - set(got), set(got) - set(want)
+    differ = [u for u in set(want) & set(got) if want[u] != got[u]]
+    assert not missing and not extra and not differ, (
+        f"{len(missing)} missing (e.g. {sorted(missing)[:3]}), {len(extra)} extra, "
+        f"{len(differ)} differ (e.g. {[(u, want[u], got[u]) for u in differ[:2]]})")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server (Debian's package) on a free loopback port, for the session."""
+    import shutil
+    import subprocess
+    import time
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is missing: apt-get install redis-server (.ci/run does)")
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(folder)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    r = redis.Redis(port=port)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            r.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    yield {"url": f"redis://127.0.0.1:{port}/0", "port": port, "proc": proc, "exe": exe,
+           "dir": str(folder)}
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def kafka(tmp_path_factory):
+    """The local Kafka-compatible broker (tansu) over TCP, one per test module."""
+    from pipelines.dev import broker
+
+    folder = str(tmp_path_factory.mktemp("broker"))
+    st = broker.start(folder)
+    yield st
+    broker.stop(folder)

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from pipelines.batch.quality import check_recommendations
+from pipelines.online.store import default_store_url
 from pipelines.storage import delta
 from schemas.tables import (
     INTERACTIONS,
@@ -22,7 +23,7 @@ from schemas.tables import (
     SIMILAR_ITEMS,
     USER_FACTORS,
 )
-from tests.conftest import ROOT, VENV_BIN, job_env
+from tests.conftest import ROOT, VENV_BIN, assert_store_matches, job_env
 
 AIRFLOW_BIN = ROOT / ".venv-airflow" / "bin"
 pytestmark = [
@@ -32,7 +33,8 @@ pytestmark = [
 ]
 EDGES = [["compact", "quality_gate"], ["embed", "place"], ["ingest", "train_due"],
          ["maintain_due", "maintain"], ["maintain_due", "skip_maintain"],
-         ["place", "score"], ["quality_gate", "maintain_due"], ["quality_gate", "status"],
+         ["place", "score"], ["quality_gate", "maintain_due"], ["quality_gate", "publish"],
+         ["quality_gate", "status"],
          ["score", "compact"],
          ["skip_train", "embed"], ["train", "embed"], ["train_due", "skip_train"],
          ["train_due", "train"], ["wait_for_logs", "ingest"]]
@@ -88,11 +90,14 @@ def test_dag_imports_with_the_documented_graph(tmp_path):
     assert got["max_active_runs"] == 1
     spark_tasks = {t for t, op in got["operators"].items() if op == "SparkSubmitOperator"}
     assert spark_tasks == {"ingest", "train", "embed", "place", "score", "compact",
-                           "quality_gate", "maintain", "status"}
+                           "quality_gate", "maintain"}
+    assert {t for t, op in got["operators"].items() if op == "BashOperator"} == \
+        {"status", "publish"}  # no Spark: no spark-submit
     assert all(got["retries"][t] > 0 for t in ("ingest", "train", "embed", "place", "score"))
     readme = (ROOT / "README.md").read_text()
     assert "wait_for_logs → ingest → train_due → train | skip_train → embed → place → " \
-        "score → compact → quality_gate → status, maintain_due → maintain | skip_maintain" \
+        "score → compact → quality_gate → publish, status, maintain_due → maintain | " \
+        "skip_maintain" \
         in readme
 
 
@@ -136,6 +141,9 @@ def test_a_real_dag_run_and_its_rerun(tmp_path):
     assert versions["recommendations"] is not None and versions["user_factors"] is not None
     assert versions["item_embeddings"] is not None and "80 of 80 items embedded" in log
     assert "recall@5" in log  # embed's cold-start evaluation of the champion
+    # publish ran after the gate (score itself did not: --store=none) into the embedded store
+    assert "published recommendations vNone ->" in log, log[-5000:]
+    assert_store_matches(str(lh), default_store_url(str(lh)))
 
     r = run_date()  # the same logical date again: every task finds its work done
     log = r.stdout + r.stderr
@@ -144,4 +152,5 @@ def test_a_real_dag_run_and_its_rerun(tmp_path):
     assert "already up to date" in log
     assert "all up to date" in log and "already evaluated on these inputs" in log
     assert "nothing to do: inputs unchanged" in log
+    assert f"store already at recommendations v{versions['recommendations']}" in log
     assert {t.name: delta.latest_version(str(lh), t) for t in tables} == versions

@@ -3,6 +3,7 @@ taken on by every later command (every job through real ``spark-submit``: the Ai
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -151,6 +152,18 @@ def test_the_demo_leaves_a_lakehouse_every_command_accepts(tmp_path):
             "--max-iter", "3", "--k", "5"]
     out = run(demo)
     assert "refreshed" in out.stdout, out.stdout[-3000:]
+    # the API answered before and after the stream's refresh, from the online store
+    lines = out.stdout.splitlines()
+    curls = [i for i, ln in enumerate(lines) if ln.startswith("$ curl -s 'http://127.0.0.1:")]
+    assert len(curls) == 2, out.stdout[-3000:]
+    before, after = (json.loads(lines[i + 1]) for i in curls)
+    assert before["source"] == after["source"] == "personal"
+    assert after["generated_at"] > before["generated_at"]
+    assert after["items"] != before["items"] and {e["source"] for e in after["items"]} & \
+        {"fold_in"}
+    assert "positions the API served landed in the exposures table" in out.stdout
+    (landed,), = query(lh, "SELECT count(*) FROM exposures")[1]
+    assert landed >= len(before["items"]) + len(after["items"])
     (last,), = query(lh, "SELECT max(dt) FROM interactions WHERE ingest_id LIKE 'ingest:%'")[1]
     (streamed,), = query(lh, "SELECT max(dt) FROM interactions WHERE ingest_id LIKE 'stream:%'")[1]
     assert streamed is not None and last == streamed  # the stream's day is the logs' last

@@ -8,8 +8,8 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 # lowest first; a module may import its own layer and any layer before it
-LAYERS = ("errors", "model", "serving", "storage", "batch", "streaming", "ops", "dev",
-          "runtime")
+LAYERS = ("errors", "model", "serving", "storage", "online", "batch", "streaming", "api",
+          "ops", "dev", "runtime")
 
 
 def layer_of(module: str) -> str | None:

@@ -23,11 +23,12 @@ from pipelines.batch.score import load_serving_model, score
 from pipelines.batch.train import ModelCard, train
 from pipelines.dev import broker, feedback
 from pipelines.dev.generate import SyntheticSpec
+from pipelines.online.store import default_store_url
 from pipelines.storage import delta, tracking
 from pipelines.storage.sql import query
 from pipelines.streaming.microbatch import refresh, user_history
 from schemas.tables import INTERACTIONS, QUARANTINE, RECOMMENDATIONS, USER_FACTORS
-from tests.conftest import ROOT, VENV_BIN, ingested, job_env
+from tests.conftest import ROOT, VENV_BIN, assert_store_matches, ingested, job_env
 
 SPEC = SyntheticSpec(users=300, items=80, events=15_000, days=8, clusters=8, seed=5,
                      start=dt.date(2024, 3, 1))
@@ -43,14 +44,6 @@ def trained(spark, tmp_path_factory):
     train(spark, lh, PARAMS)
     score(spark, lh, k=K)
     return lh
-
-
-@pytest.fixture(scope="module")
-def kafka(tmp_path_factory):
-    folder = str(tmp_path_factory.mktemp("broker"))
-    st = broker.start(folder)
-    yield st
-    broker.stop(folder)
 
 
 @pytest.fixture
@@ -108,6 +101,7 @@ def poison() -> list[tuple[bytes | None, bytes, str]]:
         (b"u", with_(event_id="p4", event_type="rating", value=9), "value_out_of_range"),
         (b"u", with_(event_id="p5", ts="yesterday"), "bad_timestamp"),
         (b"u", with_(event_id="p6", value="high"), "wrong_type:value"),
+        (b"u", with_(event_id="p7", request_id="r" * 129), "bad_length:request_id"),
     ]
 
 
@@ -171,6 +165,10 @@ def test_stream_end_to_end_with_poison_duplicates_and_a_new_taste(spark, lh, kaf
             p.send(topic, key=key, value=value)
     for key, value in feedback.purchases([demo_user], new_items):
         p.send(topic, key=key, value=value)
+    # a click answering a served list carries its request_id
+    clicked = feedback.event(demo_user, new_items[0], "click", event_id="answers-r1")
+    p.send(topic, key=demo_user.encode(), value=json.dumps({**clicked,
+                                                              "request_id": "r1"}).encode())
     p.flush()
     p.close()
     assert not bad
@@ -182,7 +180,9 @@ def test_stream_end_to_end_with_poison_duplicates_and_a_new_taste(spark, lh, kaf
     valid_ids = {json.loads(v)["event_id"] for _, v in valid}
     inter = stream_rows(lh)
     ids = inter["event_id"].to_pylist()
-    assert len(ids) == len(set(ids)) == len(valid_ids) + len(new_items)
+    assert len(ids) == len(set(ids)) == len(valid_ids) + len(new_items) + 1
+    rid = dict(zip(ids, inter["request_id"].to_pylist(), strict=True))
+    assert rid["answers-r1"] == "r1" and sum(r is not None for r in rid.values()) == 1
     assert valid_ids <= set(ids)
     assert all(s.startswith(f"kafka://{topic}/") for s in inter["ingest_source"].to_pylist())
 
@@ -210,6 +210,7 @@ def test_stream_end_to_end_with_poison_duplicates_and_a_new_taste(spark, lh, kaf
     assert [i for i, _ in after] != before
     assert any(c == category for _, c in after), (category, after)
     assert not set(new_items) & {i for i, _ in after}  # bought: never recommended
+    assert_store_matches(lh, default_store_url(lh))  # each batch pushed what it committed
 
     # the same checkpoint again: nothing new, nothing written
     versions = {t.name: delta.latest_version(lh, t) for t in (INTERACTIONS, RECOMMENDATIONS)}
@@ -324,6 +325,45 @@ def test_sigkill_ten_times_while_producing_loses_and_duplicates_nothing(spark, l
     assert sorted(quar["raw"].to_pylist()) == sorted(b[1].decode() for b in bad)
     touched = sorted(set(stream_rows(lh)["user_id"].to_pylist()))
     assert_recommendations_are_a_fresh_fold_in(spark, lh, touched)
+    # the stream pushed every batch to the lakehouse's online store, ten kills or not
+    assert_store_matches(lh, default_store_url(lh))
+
+
+def test_the_stream_killed_between_its_commit_and_its_push_catches_the_store_up(lh, kafka):
+    from pipelines.online.store import open_store
+
+    topic = topic_for(kafka, "push-kill")
+    users, items = known(lh)
+    url = default_store_url(lh)
+    lagged = 0
+    for attempt in range(4):
+        p = feedback.make_producer(kafka.bootstrap, one_record_per_batch=True)
+        feedback.send(p, topic, feedback.random_events(users, items, 30, seed=40 + attempt,
+                                                       prefix=f"pk{attempt}"))
+        p.close()
+        proc = subprocess.Popen(stream_cmd(lh, kafka, topic, "--log-level", "DEBUG"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env=job_env(), cwd=ROOT)
+        try:
+            for line in proc.stderr:  # kill it the moment its lists are in Delta
+                if "table recommendations: committed v" in line and "stream:" not in line:
+                    proc.send_signal(signal.SIGSTOP)
+                    break
+            else:
+                pytest.fail("the stream ended without committing lists")
+            proc.kill()
+        finally:
+            proc.wait(30)
+        st = open_store(url)
+        if int(st.meta().get("watermark", -1)) < delta.latest_version(lh, RECOMMENDATIONS):
+            lagged += 1
+        st.close()
+        if lagged:
+            break
+    assert lagged, "no kill landed between a commit and its push"
+    r = run_stream(lh, kafka, topic)  # the restart catches the store up before its batches
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_store_matches(lh, url)
 
 
 def test_a_broker_that_lost_its_data_is_refused_not_silently_skipped(lh, tmp_path):

@@ -101,14 +101,15 @@ def test_sasl_needs_mechanism_and_credentials_from_the_environment_only():
 
 def _checked(rows):
     cols = ["event_id", "user_id", "item_id", "event_type", "value", "ts", "session_id",
-            "source", "reason", "raw_size", "ingest_source", "topic", "partition", "offset",
+            "source", "request_id", "reason", "raw_size", "ingest_source", "topic", "partition", "offset",
             "kafka_ts", "raw_text", "raw_exact"]
     data = {c: [r.get(c) for r in rows] for c in cols}
     return pa.table(data, schema=pa.schema([
         ("event_id", pa.string()), ("user_id", pa.string()), ("item_id", pa.string()),
         ("event_type", pa.string()), ("value", pa.float64()),
         ("ts", pa.timestamp("us", tz="UTC")), ("session_id", pa.string()),
-        ("source", pa.string()), ("reason", pa.string()), ("raw_size", pa.int64()),
+        ("source", pa.string()), ("request_id", pa.string()), ("reason", pa.string()),
+        ("raw_size", pa.int64()),
         ("ingest_source", pa.string()), ("topic", pa.string()), ("partition", pa.int32()),
         ("offset", pa.int64()), ("kafka_ts", pa.timestamp("us", tz="UTC")),
         ("raw_text", pa.string()), ("raw_exact", pa.binary())]))

@@ -3,8 +3,9 @@
 wait for the day's log partition -> ingest that date -> train (on the configured cadence)
 -> embed (item text features: only new or changed catalog texts are embedded) -> place (new
 items into the champion's factor space, from their text) -> score -> compact (fold the
-stream's appended lists in) -> quality gate -> status (the alerts: a breach fails the run)
-and maintain (checkpoint and vacuum, on its own cadence). One run per logical date; every task is
+stream's appended lists in) -> quality gate -> publish (the lists that changed, to the online
+store that ``lakerec serve`` reads: only lists that passed the gate reach it), status (the
+alerts: a breach fails the run) and maintain (checkpoint and vacuum, on its own cadence). One run per logical date; every task is
 idempotent for its date,
 so clearing and re-running a date leaves the tables as they were.
 
@@ -17,7 +18,8 @@ Configuration, read when the DAG file is parsed (environment of the scheduler/da
                            is the master (``local[2]``, ``spark://h:7077``, ``yarn``, ``k8s://..``)
 ``LAKEREC_SPARK_SUBMIT``   the spark-submit to run (the project venv's, or the cluster's)
 ``LAKEREC_PYTHON``         the Python that runs the jobs (the project venv's, or ``./env/bin/python``
-                           inside the packed environment on a cluster)
+                           inside the packed environment on a cluster); ``status`` and
+                           ``publish`` need no Spark and run with it on the Airflow worker
 ``LAKEREC_PY_FILES``       the ``--py-files`` archive (``make package`` builds it)
 ``LAKEREC_ARCHIVES``       optional ``--archives`` value (the packed environment)
 ``LAKEREC_START_DATE``     first logical date (default 2024-06-01); ``LAKEREC_CATCHUP`` (0/1)
@@ -28,6 +30,8 @@ Configuration, read when the DAG file is parsed (environment of the scheduler/da
 ``LAKEREC_MAINTAIN_EVERY`` table upkeep cadence in days (default 7; 0: never): ``lakerec
                            maintain`` (compact, checkpoint, vacuum with a 7-day retention)
 ``LAKEREC_RETRIES``        retries per task (default 2, five minutes apart)
+``LAKEREC_STORE``           the online store ``publish`` writes (default: SQLite under the
+                           lakehouse; ``redis://host:6379/0`` for ``lakerec serve`` on Redis)
 ``LAKEREC_ENCODER_DIR``    the ONNX encoder export for ``embed`` (default: the checkout's
                            ``models/build/minilm``, built by ``make models``)
 =========================  ==================================================================
@@ -43,6 +47,7 @@ import datetime as dt
 import os
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.providers.standard.operators.bash import BashOperator
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param, task
 
@@ -81,6 +86,7 @@ ENV = {k: v for k, v in {
     "LAKEREC_LAKEHOUSE": LAKEHOUSE,
     "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI"),
     "LAKEREC_ENCODER_DIR": os.environ.get("LAKEREC_ENCODER_DIR"),
+    "LAKEREC_STORE": os.environ.get("LAKEREC_STORE"),
     "PATH": os.environ.get("PATH", ""),
 }.items() if v}
 
@@ -108,6 +114,16 @@ def spark_job(task_id: str, script: str, args, **kw) -> SparkSubmitOperator:
     )
 
 
+def python_job(task_id: str, script: str, args: list[str], **kw) -> BashOperator:
+    """A lakerec job that needs no Spark (``status``, ``publish``), run by ``LAKEREC_PYTHON``
+    on the Airflow worker: no spark-submit, no JVM to start."""
+    import shlex
+
+    cmd = " ".join([shlex.quote(PYTHON), shlex.quote(os.path.join(JOBS, script)),
+                    "--lakehouse", "'{{ params.lakehouse }}'", *map(shlex.quote, args)])
+    return BashOperator(task_id=task_id, bash_command=cmd, env=ENV, append_env=True, **kw)
+
+
 def tune_flags(logical_date) -> list[str]:
     """``["--tune"]`` on the days tuning is due (counted from the start date), else ``[]``."""
     days = (logical_date - START).days
@@ -117,7 +133,7 @@ def tune_flags(logical_date) -> list[str]:
 with DAG(
     dag_id="lakerec_daily",
     description="ingest -> train -> embed -> place -> score -> compact -> quality gate -> "
-                "maintain, daily",
+                "publish, status, maintain, daily",
     schedule="@daily",
     start_date=START,
     catchup=CATCHUP,
@@ -158,7 +174,8 @@ with DAG(
     embed = spark_job("embed", "embed.py", ["--k={{ params.k }}"],
                       trigger_rule="none_failed_min_one_success")
     place = spark_job("place", "place.py", [])
-    score = spark_job("score", "score.py", ["--k={{ params.k }}"])
+    # the DAG publishes after the gate, not score itself
+    score = spark_job("score", "score.py", ["--k={{ params.k }}", "--store=none"])
     # fold the stream's appended lists into the snapshot score just wrote
     compact = spark_job("compact", "compact.py", [])
     quality_gate = spark_job("quality_gate", "check.py", ["--k={{ params.k }}"],
@@ -176,9 +193,10 @@ with DAG(
 
     # the alerts (`lakerec status --check`: freshness, quarantine rate, fallback share,
     # coverage drop, stream lag) fail the run loudly, without holding up the upkeep
-    status = spark_job("status", "status.py", ["--check"], retries=0)
+    status = python_job("status", "status.py", ["--check"], retries=0)
+    publish = python_job("publish", "publish.py", [])
     due = maintain_due()
 
     wait_for_logs() >> ingest >> train_due() >> [train, skip_train] >> embed >> place >> score
-    score >> compact >> quality_gate >> [status, due]
+    score >> compact >> quality_gate >> [publish, status, due]
     due >> [maintain, skip_maintain]

@@ -46,7 +46,7 @@ PASS_BYTES = 256 << 20
 # event rules (types, limits) carry their own fingerprint, so a new event type re-validates.
 RULES_VERSION = "1"
 _EVENT_FIELDS = ("event_id", "user_id", "item_id", "event_type", "value", "ts", "session_id",
-                 "source")
+                 "source", "request_id")
 _CATALOG_FIELDS = ("item_id", "title", "description", "category", "created_at")
 
 

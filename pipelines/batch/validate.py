@@ -30,7 +30,7 @@ _NUMERIC = ("TINYINT", "SMALLINT", "INT", "BIGINT", "FLOAT", "DOUBLE", "DECIMAL"
 # ISO-8601 with a mandatory UTC offset: 'Z', '+02:00' (XXX) or '+0200' (XX); 0-9 fraction digits.
 _ISO_FORMATS = ("yyyy-MM-dd'T'HH:mm:ss[.SSSSSSSSS]XXX", "yyyy-MM-dd'T'HH:mm:ss[.SSSSSSSSS]XX")
 EVENT_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "value", "ts", "session_id",
-                 "source")
+                 "source", "request_id")
 
 
 class Field(NamedTuple):
@@ -205,6 +205,7 @@ def event_checker(*, max_ts: Column, raw_col: str = "raw") -> Checker:
         ts.alias("ts"),
         _as_string(fields["session_id"]).alias("session_id"),
         _as_string(fields["source"]).alias("source"),
+        _as_string(fields["request_id"]).alias("request_id"),
         F.col("raw_size"),
         F.col("reason"),
     ))

@@ -119,14 +119,21 @@ def stage_arrow(table, root: str, spec: TableSpec) -> StagedWrite:
 
     The driver-side twin of :func:`pipelines.storage.spark_io.stage`, for writes too small
     to be worth a Spark job; both go through :func:`pipelines.storage.deltalog.adopt`.
-    Cost: the rows written, on the driver.
+    A nullable column the table lacks (an optional field added after the caller was
+    written, e.g. ``interactions.request_id``) is written as null; a missing required
+    column is an error. Cost: the rows written, on the driver.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = table_path(root, spec)
     write_id = uuid.uuid4().hex
     staging = staging_folder(path, write_id)
-    table = table.select(spec.column_names).cast(spec.arrow_schema())
+    schema = spec.arrow_schema()
+    for c in spec.columns:
+        if c.nullable and c.name not in table.column_names:
+            table = table.append_column(c.name, pa.nulls(table.num_rows, schema.field(c.name).type))
+    table = table.select(spec.column_names).cast(schema)
     try:
         for i, (values, rows) in enumerate(_partition_groups(table, spec)):
             if rows.num_rows == 0:

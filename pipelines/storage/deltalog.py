@@ -378,8 +378,32 @@ def ensure_table(root: str, spec: TableSpec):
             if not DeltaTable.is_deltatable(path):  # not a lost creation race: a real error
                 raise
     dt = open_table(root, spec)
+    _add_new_columns(dt, spec)
     check_schema(dt, spec)
     return dt
+
+
+def _add_new_columns(dt, spec: TableSpec) -> None:
+    """Give a table made by an earlier lakerec the nullable columns declared after its own
+    (a schema-only commit; old files read them as null). Anything else is left to
+    :func:`check_schema` to refuse."""
+    names = [f.name for f in dt.schema().fields]
+    want = spec.column_names
+    if names == want or names != want[:len(names)]:
+        return
+    new = [spec.column(c) for c in want[len(names):]]
+    if not all(c.nullable for c in new):
+        return
+    from deltalake.schema import Field, PrimitiveType
+
+    prim = {"string": "string", "int": "integer", "long": "long", "double": "double",
+            "float": "float", "date": "date", "timestamp": "timestamp", "binary": "binary"}
+    if any(c.type not in prim for c in new):
+        return
+    dt.alter.add_columns([Field(c.name, PrimitiveType(prim[c.type]), nullable=True)
+                          for c in new])
+    dt.update_incremental()
+    log.info("table %s: added columns %s", spec.name, [c.name for c in new])
 
 
 def check_schema(dt, spec: TableSpec) -> None:

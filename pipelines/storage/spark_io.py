@@ -136,14 +136,16 @@ def file_uri_to_relative(uri: str, table_root: str) -> str:
 
 
 def conform(df, spec: TableSpec):
-    """Select the table's columns in order, cast to the declared types."""
+    """Select the table's columns in order, cast to the declared types; a nullable column
+    ``df`` lacks is null (as :func:`pipelines.storage.arrow_io.stage_arrow` does)."""
     from pyspark.sql import functions as F
 
-    missing = [c for c in spec.column_names if c not in df.columns]
+    missing = [c.name for c in spec.columns if c.name not in df.columns and not c.nullable]
     if missing:
         raise ValueError(f"{spec.name}: DataFrame lacks columns {missing}")
     schema = spec.spark_schema()
-    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema])
+    return df.select(*[(F.col(f.name) if f.name in df.columns else F.lit(None))
+                       .cast(f.dataType).alias(f.name) for f in schema])
 
 
 def stage(spark, df, root: str, spec: TableSpec, *,

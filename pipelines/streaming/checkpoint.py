@@ -18,10 +18,17 @@ from collections.abc import Mapping
 
 from pipelines.errors import FatalStreamError
 from pipelines.storage import delta
-from schemas.tables import INTERACTIONS, QUARANTINE, RECOMMENDATIONS, USER_FACTORS, USER_INDEX
+from schemas.tables import (
+    EXPOSURES,
+    INTERACTIONS,
+    QUARANTINE,
+    RECOMMENDATIONS,
+    USER_FACTORS,
+    USER_INDEX,
+)
 
 APP_PREFIX = "lakerec.stream/"
-WRITTEN = (QUARANTINE, INTERACTIONS, USER_INDEX, USER_FACTORS, RECOMMENDATIONS)
+WRITTEN = (QUARANTINE, INTERACTIONS, USER_INDEX, USER_FACTORS, RECOMMENDATIONS, EXPOSURES)
 
 
 class CheckpointError(FatalStreamError):

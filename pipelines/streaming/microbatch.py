@@ -65,7 +65,7 @@ from schemas.tables import (
 log = logging.getLogger(__name__)
 
 _EVENT_FIELDS = ("event_id", "user_id", "item_id", "event_type", "value", "ts", "session_id",
-                 "source")
+                 "source", "request_id")
 
 
 def refresh(model: ServingModel, history, users: list[str], *, k: int, new_item_slots: int
@@ -351,6 +351,11 @@ class StreamContext:
     checker: object = None  # record_checker(), built by start_query (or the first batch)
     state: KeyedState | None = None  # opened and caught up by keyed_state()
     reports: list = field(default_factory=list)
+    # the online store the batches' lists are pushed to after each commit (None: none)
+    store_url: str | None = None
+    publisher: object = None
+    # "feedback" (process_batch) or "exposures" (pipelines.streaming.exposures.land)
+    kind: str = "feedback"
     stop_requested: threading.Event = field(default_factory=threading.Event)
     busy: threading.Lock = field(default_factory=threading.Lock)
 
@@ -374,6 +379,28 @@ class StreamContext:
             self.model_checked = now
         return self.model
 
+
+    def publish(self, batch_id: int | None = None, *, side: bool = False) -> None:
+        """Bring the online store up to the latest ``recommendations`` version
+        (:class:`pipelines.online.publish.Publisher`): after a batch's commit, the files it
+        added. A store that fails is logged and caught up by the next push; it never fails
+        the batch, whose lists are safe in Delta."""
+        if not self.store_url:
+            return
+        from pipelines.online.publish import Publisher
+        from pipelines.online.store import open_store
+
+        try:
+            if self.publisher is None:
+                self.publisher = Publisher(self.lakehouse, open_store(self.store_url))
+            self.publisher.sync(side=side, stream_batch=None if batch_id is None
+                                else f"{self.query}:{batch_id}")
+        except Exception as e:  # noqa: BLE001 - any store failure: retried next batch
+            log.warning("online store %s: push failed (%s); the next batch catches up",
+                        self.store_url, str(e).splitlines()[0][:200] if str(e) else type(e))
+            if self.publisher is not None:
+                self.publisher.store.close()
+            self.publisher = None
 
     def keyed_state(self) -> KeyedState:
         """The query's :class:`~pipelines.streaming.state.KeyedState`, opened once (and
@@ -503,6 +530,8 @@ def process_batch(ctx: StreamContext, df, batch_id: int) -> BatchReport:
         write(RECOMMENDATIONS, lambda dt: delta.append_arrow(
             lh, RECOMMENDATIONS, recs, txn=txn, metadata={**meta, LIST_LENGTH_KEY: ctx.k}, snapshot=dt))
         lap("recommendations")
+        ctx.publish(batch_id)
+        lap("publish")
     done = _dt.datetime.now(_dt.UTC)
     good = inter["ts"].to_pylist()
     rep.event_lag_s = _quantiles([(done - t).total_seconds() for t in good if t is not None])

@@ -32,14 +32,20 @@ def start_query(spark, ctx: StreamContext, *, source_options: Mapping[str, str],
 
     check_checkpoint(ctx.lakehouse, ctx.query, checkpoint)
     ctx.checkpoint = checkpoint
-    # before the first batch, so that it is not slower than the rest: the serving model,
-    # the compiled kernel, the validation expressions, the keyed state
-    model = ctx.serving_model(spark)
-    if model.index is not None:
-        topk.topk_block(np.zeros((1, model.index.factors.shape[1]), np.float32), model.index,
-                        [np.zeros(0, np.int64)], 1)
-    ctx.checker = record_checker()
-    ctx.keyed_state()  # a new or stale state is rebuilt from the tables here, once
+    if ctx.kind == "exposures":
+        from pipelines.streaming.exposures import land as batch_fn
+    else:
+        batch_fn = process_batch
+        # before the first batch, so that it is not slower than the rest: the serving
+        # model, the compiled kernel, the validation expressions, the keyed state
+        model = ctx.serving_model(spark)
+        if model.index is not None:
+            topk.topk_block(np.zeros((1, model.index.factors.shape[1]), np.float32),
+                            model.index, [np.zeros(0, np.int64)], 1)
+        ctx.checker = record_checker()
+        ctx.keyed_state()  # a new or stale state is rebuilt from the tables here, once
+        # a push a crash interrupted (committed in Delta, not yet in the store) lands now
+        ctx.publish(side=True)
     _driver_workers_find_the_code(spark)
     spark.dataSource.register(KafkaSource)
     _, resume = latest_checkpoint_offsets(checkpoint)
@@ -55,7 +61,7 @@ def start_query(spark, ctx: StreamContext, *, source_options: Mapping[str, str],
             if ctx.stop_requested.is_set():
                 raise InterruptedError("stop requested; this batch will run on the next start")
             try:
-                rep = process_batch(ctx, df, batch_id)
+                rep = batch_fn(ctx, df, batch_id)
             except BaseException as e:
                 ctx.failure = e  # the supervisor classifies the original, by type
                 raise

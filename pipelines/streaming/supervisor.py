@@ -64,6 +64,8 @@ class StreamConfig:
     new_item_slots: int = DEFAULTS.new_item_slots
     dedup_horizon_days: int = DEDUP_HORIZON_DAYS
     state_dir: str | None = None  # None: <lakehouse>/_stream/<query>/state
+    store_url: str | None = None  # the online store each batch's lists are pushed to
+    kind: str = "feedback"  # or "exposures": land the API's exposure log instead
 
     def source_options(self) -> dict:
         opts = {"kafka.bootstrap.servers": self.bootstrap, "subscribe": self.topic,
@@ -156,7 +158,9 @@ def run(spark, cfg: StreamConfig) -> int:
 
     ctx = StreamContext(cfg.lakehouse, cfg.query, k=cfg.k, new_item_slots=cfg.new_item_slots,
                         dedup_horizon_days=cfg.dedup_horizon_days, state_dir=cfg.state_dir,
-                        metrics_file=batch_log_path(cfg.lakehouse, cfg.query))
+                        metrics_file=batch_log_path(cfg.lakehouse, cfg.query),
+                        store_url=cfg.store_url if cfg.kind == "feedback" else None,
+                        kind=cfg.kind)
     signalled: list[int] = []
 
     def on_signal(signum, _frame):

@@ -1,0 +1,1 @@
+"""The HTTP API over the online store, and its exposure log."""

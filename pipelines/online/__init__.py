@@ -1,0 +1,1 @@
+"""The online store of the lists and publishing to it."""
