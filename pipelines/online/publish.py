@@ -153,7 +153,13 @@ class Publisher:
         if latest is not None and (w is None or w < latest):
             changes = None if w is None else \
                 delta.data_changes(self.lakehouse, RECOMMENDATIONS, w, latest)
-            if changes is not None and not changes.removed_data and not changes.schema_changed:
+            if changes is not None and not changes.added and not changes.removed_data \
+                    and not changes.schema_changed:
+                # only rows moved (a compaction, optimize): nothing to push, the store
+                # reflects this version as it is
+                self.store.advance(latest)
+                rep.to_version = latest
+            elif changes is not None and not changes.removed_data and not changes.schema_changed:
                 self._incremental(changes, latest, rep)
             else:
                 self._full(latest, rep)
