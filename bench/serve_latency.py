@@ -137,7 +137,7 @@ def publish_sizes(small: int, big: int, redis_url: str, work: str) -> dict:
         # a stream-like commit of 1,000 refreshed users, then an incremental push to each
         refresh = lists(random.Random(2).sample(range(users), 1000),
                         dt.datetime.now(dt.UTC), np.random.default_rng(3))
-        delta.append_arrow(lh, RECOMMENDATIONS, refresh)
+        v = delta.append_arrow(lh, RECOMMENDATIONS, refresh).version
         for kind in ("sqlite", "redis"):
             url = ("sqlite://" + os.path.join(lh, "_online", "lists.db")) if kind == "sqlite" \
                 else f"{redis_url}?prefix=b{users}"
@@ -145,6 +145,18 @@ def publish_sizes(small: int, big: int, redis_url: str, work: str) -> dict:
             t = time.perf_counter()
             inc = Publisher(lh, st).sync(side=False)
             out[(users, kind, "incremental")] = (time.perf_counter() - t, inc.written)
+            st.close()
+        # the stream's own push: the batch's 1,000 lists from memory after its commit
+        batch = lists(random.Random(5).sample(range(users), 1000), dt.datetime.now(dt.UTC),
+                      np.random.default_rng(6))
+        v = delta.append_arrow(lh, RECOMMENDATIONS, batch).version
+        for kind in ("sqlite", "redis"):
+            url = ("sqlite://" + os.path.join(lh, "_online", "lists.db")) if kind == "sqlite" \
+                else f"{redis_url}?prefix=b{users}"
+            st = open_store(url)
+            t = time.perf_counter()
+            b = Publisher(lh, st).push_batch(batch, v, stream_batch="bench:0")
+            out[(users, kind, "batch")] = (time.perf_counter() - t, b.written)
             st.close()
         out[users] = lh
     return out
@@ -413,6 +425,7 @@ def main(argv=None) -> int:
     ap.add_argument("--freshness-rate", type=int, default=1000)
     ap.add_argument("--skip-freshness", action="store_true")
     ap.add_argument("--skip-latency", action="store_true", help="parts 1 and 2")
+    ap.add_argument("--publish-only", action="store_true", help="part 1")
     args = ap.parse_args(argv)
     print(machine(), flush=True)
     work = tempfile.mkdtemp(prefix="lakerec-serve-")
@@ -429,11 +442,14 @@ def main(argv=None) -> int:
         pub = publish_sizes(20_000, args.users, redis_url, work)
         for users in (20_000, args.users):
             for kind in ("sqlite", "redis"):
-                (tf, nf), (ti, ni) = pub[(users, kind, "full")], pub[(users, kind,
-                                                                       "incremental")]
+                (tf, nf), (ti, ni), (tb, nb) = (pub[(users, kind, m)] for m in
+                                                ("full", "incremental", "batch"))
                 print(f"  {users:>7,} users {kind:<6} full {tf:6.2f} s ({nf:,} lists, "
-                      f"{nf / tf:,.0f}/s) | incremental {ti:5.2f} s ({ni:,} lists)", flush=True)
+                      f"{nf / tf:,.0f}/s) | incremental {ti:5.2f} s ({ni:,} lists) | "
+                      f"stream push {tb:5.3f} s ({nb:,} lists)", flush=True)
         lh = pub[args.users]
+        if args.publish_only:
+            raise _SkipError
         print(f"== latency at {args.rate:,} req/s for {args.seconds} s over {args.users:,} "
               f"users, {args.connections} connections, one server worker", flush=True)
         from pipelines.dev import broker

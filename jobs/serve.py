@@ -15,12 +15,24 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 
 from pipelines.runtime import cli
 from pipelines.runtime.config import UsageError, positive_int
 
 
-def parse(argv: list[str] | None):
+@dataclass(frozen=True)
+class ServeJob:
+    """``lakerec serve``'s arguments: what the app serves (``ServeConfig``) and how."""
+
+    app: object  # pipelines.api.app.ServeConfig
+    host: str
+    port: int
+    workers: int
+    log_level: str | None
+
+
+def parse(argv: list[str] | None) -> ServeJob:
     from jobs.publish import add_store_option, store_url
     from jobs.stream import add_kafka_options, security_options
     from pipelines.api.app import ServeConfig
@@ -68,15 +80,15 @@ def parse(argv: list[str] | None):
     host = str(s.get("host", flag=args.host, default="127.0.0.1"))
     port = s.get("port", flag=args.port, default=8080, cast=positive_int)
     workers = s.get("workers", flag=args.workers, default=1, cast=positive_int)
-    return cfg, host, port, workers, args.log_level
+    return ServeJob(cfg, host, port, workers, args.log_level)
 
 
-def body(_spark, parsed) -> int:
+def body(_spark, job: ServeJob) -> int:
     import uvicorn
 
     from pipelines.api.app import CONFIG_ENV
 
-    cfg, host, port, workers, level = parsed
+    cfg, host, port, workers, level = job.app, job.host, job.port, job.workers, job.log_level
     os.environ[CONFIG_ENV] = cfg.to_env()  # the workers build their app from it
     print(f"==> serving {cfg.store} on http://{host}:{port} ({workers} worker"
           f"{'s' if workers > 1 else ''}; exposures "
@@ -89,7 +101,7 @@ def body(_spark, parsed) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run("serve", argv, parse, body, spark=False, log_level=lambda c: c[4])
+    return cli.run("serve", argv, parse, body, spark=False, log_level=lambda j: j.log_level)
 
 
 if __name__ == "__main__":

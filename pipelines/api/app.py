@@ -103,19 +103,26 @@ def _metrics():
                               "age (now - generated_at) of the lists served",
                               buckets=(1, 5, 30, 60, 300, 900, 3600, 6 * 3600, 86400,
                                        7 * 86400), registry=reg),
-        "fallback": Counter("lakerec_popular_fallback", "lists served from the popular list",
-                            ["reason"], registry=reg),
+        "fallback": Counter("lakerec_popular_fallback",
+                            "lists served from the popular list (users with no list)",
+                            registry=reg),
         "exposures": Gauge("lakerec_exposures", "exposure messages by outcome", ["outcome"],
                            registry=reg),
     }
 
 
+_FIXED_ROUTES = frozenset({"healthz", "readyz", "metrics", "docs", "openapi.json"})
+
+
 def _route(path: str) -> str:
+    """The metrics label of a path: one per route, and ``other`` for anything else (a
+    label per unknown path would let any scanner grow the metrics without bound)."""
     if path.startswith("/v1/users/"):
         return "recommendations"
     if path.startswith("/v1/items/"):
         return "similar"
-    return path.strip("/") or "root"
+    name = path.strip("/")
+    return name if name in _FIXED_ROUTES else "other"
 
 
 class _Timing:
@@ -237,8 +244,10 @@ def create_app(cfg: ServeConfig):
             description="item ids to leave out (repeat, or comma-separated)")] = None,
     ):
         """The user's current list, paged and filtered, no item twice. A user with no list
-        (unknown, or filtered below ``offset + k``) gets, or is topped up with, the popular
-        items (``source = popular``)."""
+        (unknown, or new since the last publish) gets the popular items (``source =
+        popular``). A known user's list is never topped up with popular items here: the
+        store does not hold their history, and the list policy never shows a seen item
+        (``score`` already filled short lists with unseen popular ones)."""
         bad = unknown_params(request, "recommendations")
         if bad is not None:
             return bad
@@ -263,18 +272,16 @@ def create_app(cfg: ServeConfig):
                 seen.add(item)
                 picked.append((item, score, source))
 
-        if doc is not None:
-            take(doc["items"])
-            base = doc
-        if doc is None or len(picked) < want:
+        if doc is None:
             pop_raw = store.call("get_popular")
-            pop = json.loads(pop_raw) if pop_raw is not None else {"items": [],
-                                                                    "model_version": None,
-                                                                    "generated_at": None}
-            m["fallback"].labels("unknown_user" if doc is None else "filtered").inc()
-            take(pop["items"])
-            if doc is None:
-                base = pop
+            doc = json.loads(pop_raw) if pop_raw is not None else {
+                "items": [], "model_version": None, "generated_at": None}
+            m["fallback"].inc()
+            personal = False
+        else:
+            personal = True
+        take(doc["items"])
+        base = doc
         shown = [{"rank": offset + i + 1, "item_id": it, "score": sc, "source": src}
                  for i, (it, sc, src) in enumerate(picked[offset:want])]
         age = _age_s(base["generated_at"], now) if base.get("generated_at") else None
@@ -283,7 +290,7 @@ def create_app(cfg: ServeConfig):
         request_id = uuid.uuid4().hex
         offer(request_id, user_id, "recommendations", now, base.get("model_version"), shown)
         return respond({"request_id": request_id, "user_id": user_id,
-                        "source": "personal" if doc is not None else "popular",
+                        "source": "personal" if personal else "popular",
                         "model_version": base.get("model_version"),
                         "generated_at": base.get("generated_at"),
                         "age_seconds": None if age is None else round(age, 3),

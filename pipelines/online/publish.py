@@ -13,8 +13,13 @@ the latest version ``L`` reads what commits ``w+1 .. L`` changed, from their log
 
 Then the watermark moves to ``L``. A crash before that leaves the watermark where it was, and
 the next publish does the same writes again, which the store's ordering rule makes harmless
-(:mod:`pipelines.online.store`). The stream calls :meth:`Publisher.sync` after each commit,
-so in steady state each of its pushes reads exactly the files its batch added.
+(:mod:`pipelines.online.store`).
+
+The stream pushes each batch's lists from memory after its commit
+(:meth:`Publisher.push_batch`): cost the batch's rows, never the table's. A range before it
+that needs a full comparison (a ``score`` just replaced the lists) is left to ``lakerec
+publish``, which ``score`` runs itself; the stream does a full :meth:`Publisher.sync` only
+when it starts.
 
 Example
 -------
@@ -43,8 +48,6 @@ log = logging.getLogger(__name__)
 # How many popular items the store keeps: the unknown users' list and the filler of a
 # filtered list (a category filter can drop most of a user's own items).
 POPULAR_DEPTH = 500
-_LIST_COLUMNS = ["user_id", "rank", "item_id", "score", "source", "model_version",
-                 "generated_at"]
 
 
 @dataclass
@@ -89,35 +92,70 @@ def payload(generated_at: _dt.datetime, model_version: int | None, items: list[l
     return doc, hashlib.blake2b(doc, digest_size=12).hexdigest()
 
 
-def entries(table, categories: dict[str, str | None], version: int) -> list[Entry]:
-    """Store entries of a table of list rows: per user, the rows of its newest
-    ``generated_at`` in rank order (the table's merge-on-read rule, applied to these rows).
+def current(rows):
+    """The current lists among ``rows`` of ``recommendations``: the table's own
+    :meth:`~schemas.tables.TableSpec.current_sql`, run by DuckDB on them."""
+    import duckdb
 
-    Cost: a sort of the rows, then one pass in Python (about 1 s per million rows).
-    """
+    con = duckdb.connect()
+    try:
+        con.register(RECOMMENDATIONS.name, rows)
+        return con.sql(RECOMMENDATIONS.current_sql()).to_arrow_table()
+    finally:
+        con.close()
+
+
+def entries(table, categories: dict[str, str | None], version: int) -> list[Entry]:
+    """Store entries of *current* list rows (one list per user: :func:`current`), ranks in
+    order. Cost: a sort of the rows, then one pass in Python (about 7 us a row)."""
     import pyarrow.compute as pc
 
     if table.num_rows == 0:
         return []
-    t = table.select(_LIST_COLUMNS)
-    t = t.take(pc.sort_indices(t, [("user_id", "ascending"), ("generated_at", "descending"),
-                                   ("rank", "ascending")]))
-    cols = {c: t[c].to_pylist() for c in _LIST_COLUMNS}
+    t = table.select(RECOMMENDATIONS.column_names)
+    t = t.take(pc.sort_indices(t, [("user_id", "ascending"), ("rank", "ascending")]))
+    cols = {c: t[c].to_pylist() for c in RECOMMENDATIONS.column_names}
     out, i, n = [], 0, t.num_rows
-    users, gen = cols["user_id"], cols["generated_at"]
+    users = cols["user_id"]
     while i < n:
-        u, g = users[i], gen[i]
-        j, items = i, []
+        u, j, items = users[i], i, []
         while j < n and users[j] == u:
-            if gen[j] == g:  # older rows of the same user are superseded
-                item = cols["item_id"][j]
-                items.append([item, round(float(cols["score"][j]), 6), cols["source"][j],
-                              categories.get(item)])
+            item = cols["item_id"][j]
+            items.append([item, round(float(cols["score"][j]), 6), cols["source"][j],
+                          categories.get(item)])
             j += 1
+        g = cols["generated_at"][i]
         body, digest = payload(g, cols["model_version"][i], items)
         out.append(Entry(u, body, _micros(g), version, digest))
         i = j
     return out
+
+
+def popularity_counts(lakehouse: str, window, *, version: int | None = None
+                      ) -> tuple[list[str], list[int], int]:
+    """(item ids, distinct users per item, distinct users) of ``interactions`` in
+    ``window``: the DuckDB twin of :func:`pipelines.batch.score.popularity_counts` (Spark),
+    which ``tests/test_serve.py`` holds to the same answer. Cost: a scan of the window's
+    partitions' ``ts``, ``dt``, ``user_id`` and ``item_id``."""
+    import duckdb
+
+    where, args = [], []
+    for cond, v in (("ts >= ?", window.start), ("ts < ?", window.end),
+                    ("dt <= ?", window.max_dt)):
+        if v is not None:
+            where.append(cond)
+            args.append(v)
+    cond = f"WHERE {' AND '.join(where)}" if where else ""
+    con = duckdb.connect()
+    try:
+        con.register("interactions", delta.arrow_dataset(lakehouse, INTERACTIONS, version))
+        per_item = con.execute(f"SELECT item_id, count(DISTINCT user_id) FROM interactions "
+                               f"{cond} GROUP BY item_id", args).fetchall()
+        total = con.execute(f"SELECT count(DISTINCT user_id) FROM interactions {cond}",
+                            args).fetchone()[0]
+    finally:
+        con.close()
+    return [r[0] for r in per_item], [r[1] for r in per_item], int(total)
 
 
 class Publisher:
@@ -142,7 +180,7 @@ class Publisher:
             self._categories = (v, cats)
         return self._categories[1]
 
-    def sync(self, *, side: bool = True, stream_batch: str | None = None) -> PublishReport:
+    def sync(self, *, side: bool = True) -> PublishReport:
         """Publish up to the latest version (see the module docstring); ``side`` also
         refreshes the popular and similar-item lists when their inputs changed."""
         t0 = time.perf_counter()
@@ -150,28 +188,62 @@ class Publisher:
         w = int(meta["watermark"]) if "watermark" in meta else None
         latest = delta.latest_version(self.lakehouse, RECOMMENDATIONS)
         rep = PublishReport("none", w, latest)
-        if latest is not None and (w is None or w < latest):
-            changes = None if w is None else \
-                delta.data_changes(self.lakehouse, RECOMMENDATIONS, w, latest)
-            if changes is not None and not changes.added and not changes.removed_data \
-                    and not changes.schema_changed:
-                # only rows moved (a compaction, optimize): nothing to push, the store
-                # reflects this version as it is
-                self.store.advance(latest)
-                rep.to_version = latest
-            elif changes is not None and not changes.removed_data and not changes.schema_changed:
-                self._incremental(changes, latest, rep)
-            else:
-                self._full(latest, rep)
+        if latest is not None and (w is None or w < latest) and \
+                not self._catch_up(w, latest, rep):
+            self._full(latest, rep)
         if side:
             self._side(meta, rep)
-        extra = {"stream_batch": stream_batch} if stream_batch else {}
-        if rep.mode != "none" or extra or rep.popular or rep.similar is not None:
+        if rep.mode != "none" or rep.popular or rep.similar is not None:
             self.store.advance(latest if rep.mode != "none" else None,
-                               published_at=_dt.datetime.now(_dt.UTC).isoformat(), **extra)
+                               published_at=_dt.datetime.now(_dt.UTC).isoformat())
         rep.seconds = time.perf_counter() - t0
         if rep.mode != "none" or rep.popular or rep.similar is not None:
             log.info("%s", rep.line())
+        return rep
+
+    def _catch_up(self, w: int | None, upto: int, rep: PublishReport) -> bool:
+        """Bring the store from ``w`` to ``upto`` without a full read, if the commits
+        between only appended rows (their files are pushed) or only moved them (a
+        compaction: nothing to push); ``False`` when a full comparison is needed."""
+        changes = None if w is None else \
+            delta.data_changes(self.lakehouse, RECOMMENDATIONS, w, upto)
+        if changes is None or changes.removed_data or changes.schema_changed:
+            return False
+        if changes.added:
+            self._incremental(changes, upto, rep)
+        else:
+            self.store.advance(upto)
+        return True
+
+    def push_batch(self, rows, version: int, *, stream_batch: str) -> PublishReport:
+        """The stream's push of the lists it committed as ``version`` (``rows``, in memory).
+
+        The rows go in by the incremental rule whatever the watermark. The watermark moves
+        to ``version`` when the store reflected every commit before it, caught up here if
+        those commits only appended; a range that needs a full comparison is left to
+        ``lakerec publish``. Cost: the batch's rows (plus, after a missed push, the files of
+        the commits in between), never a scan of the table.
+        """
+        t0 = time.perf_counter()
+        meta = self.store.meta()
+        w = int(meta["watermark"]) if "watermark" in meta else None
+        rep = PublishReport("incremental", w, version)
+        behind = w is None or w < version - 1
+        if behind and self._catch_up(w, version - 1, rep):
+            behind = False
+        rep.mode = "incremental"
+        es = entries(current(rows), self.categories(), version)
+        n = self._push(es, full=False)
+        rep.written += n
+        rep.unchanged += len(es) - n
+        if behind:
+            log.info("online store behind recommendations v%d (a replace or restore since "
+                     "v%s): this batch's lists are pushed, the rest waits for lakerec publish",
+                     version - 1, w)
+        self.store.advance(None if behind else version,
+                           published_at=_dt.datetime.now(_dt.UTC).isoformat(),
+                           stream_batch=stream_batch)
+        rep.seconds = time.perf_counter() - t0
         return rep
 
     def _push(self, entries_: list[Entry], *, full: bool) -> int:
@@ -188,15 +260,13 @@ class Publisher:
 
         rep.mode = "incremental"
         root = delta.table_path(self.lakehouse, RECOMMENDATIONS)
-        parts = [pq.read_table(os.path.join(root, p), columns=_LIST_COLUMNS)
-                 for p in changes.added]
-        if not parts:
-            return
-        schema = pa.schema([RECOMMENDATIONS.arrow_schema().field(c) for c in _LIST_COLUMNS])
-        rows = pa.concat_tables([p.select(_LIST_COLUMNS).cast(schema) for p in parts])
-        es = entries(rows, self.categories(), latest)
-        rep.written = self._push(es, full=False)
-        rep.unchanged = len(es) - rep.written
+        schema = RECOMMENDATIONS.arrow_schema()
+        rows = pa.concat_tables([pq.read_table(os.path.join(root, p)).select(
+            RECOMMENDATIONS.column_names).cast(schema) for p in changes.added])
+        es = entries(current(rows), self.categories(), latest)
+        n = self._push(es, full=False)
+        rep.written += n
+        rep.unchanged += len(es) - n
 
     def _full(self, latest: int, rep: PublishReport) -> None:
         rep.mode = "full"
@@ -241,28 +311,18 @@ class Publisher:
         from pipelines.serving import policy
 
         card = ModelCard.from_params(ref.params) if ref is not None else None
-        con = duckdb.connect()
-        try:
-            con.register("interactions", delta.arrow_dataset(self.lakehouse, INTERACTIONS,
-                                                             inter_version))
-            latest = None
-            if card is None or card.end is None:
+        latest = None
+        if card is None or card.end is None:
+            con = duckdb.connect()
+            try:
+                con.register("interactions", delta.arrow_dataset(
+                    self.lakehouse, INTERACTIONS, inter_version))
                 latest = con.execute("SELECT max(ts) FROM interactions").fetchone()[0]
-            win = policy.popularity_window(card, latest=latest)
-            where, args = [], []
-            for cond, v in (("ts >= ?", win.start), ("ts < ?", win.end), ("dt <= ?", win.max_dt)):
-                if v is not None:
-                    where.append(cond)
-                    args.append(v)
-            cond = f"WHERE {' AND '.join(where)}" if where else ""
-            per_item = con.execute(f"SELECT item_id, count(DISTINCT user_id) FROM interactions "
-                                   f"{cond} GROUP BY item_id", args).fetchall()
-            total = con.execute(f"SELECT count(DISTINCT user_id) FROM interactions {cond}",
-                                args).fetchone()[0]
-        finally:
-            con.close()
-        ids, share = policy.popularity([r[0] for r in per_item], [r[1] for r in per_item],
-                                       total)
+            finally:
+                con.close()
+        window = policy.popularity_window(card, latest=latest)
+        ids, share = policy.popularity(*popularity_counts(self.lakehouse, window,
+                                                          version=inter_version))
         cats = self.categories()
         order = sorted(range(len(ids)), key=lambda j: (-float(share[j]), ids[j]))
         items = [[ids[j], round(float(share[j]), 6), "popular", cats.get(ids[j])]

@@ -238,8 +238,13 @@ class SqliteStore(OnlineStore):
         return con.total_changes - before
 
     def digests(self):
-        return {u: (d, v) for u, d, v in
-                self._con().execute("SELECT user_id, digest, v FROM lists")}
+        import sqlite3
+
+        try:
+            return {u: (d, v) for u, d, v in
+                    self._con().execute("SELECT user_id, digest, v FROM lists")}
+        except sqlite3.Error as e:
+            raise StoreUnavailableError(f"sqlite {self.path}: {e}") from None
 
     def put_side(self, *, popular=None, similar=None):
         con = self._con()
@@ -270,16 +275,31 @@ class SqliteStore(OnlineStore):
 
 
 class _Tx:
-    """``BEGIN IMMEDIATE`` .. ``COMMIT`` (rollback on error) on an autocommit connection."""
+    """``BEGIN IMMEDIATE`` .. ``COMMIT`` (rollback on error) on an autocommit connection;
+    SQLite's own errors (locked past the timeout, disk full) become
+    :class:`StoreUnavailableError`, as Redis' do."""
 
     def __init__(self, con):
         self.con = con
 
     def __enter__(self):
-        self.con.execute("BEGIN IMMEDIATE")
+        import sqlite3
 
-    def __exit__(self, exc_type, *_):
-        self.con.execute("ROLLBACK" if exc_type else "COMMIT")
+        try:
+            self.con.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise StoreUnavailableError(f"sqlite: {e}") from None
+
+    def __exit__(self, exc_type, exc, _tb):
+        import sqlite3
+
+        try:
+            self.con.execute("ROLLBACK" if exc_type else "COMMIT")
+        except sqlite3.Error as e:
+            raise StoreUnavailableError(f"sqlite: {e}") from None
+        if exc_type is not None and issubclass(exc_type, sqlite3.Error):
+            raise StoreUnavailableError(f"sqlite: {exc}") from None
+        return False
 
 
 # KEYS: none (keys are built from the prefix); ARGV: prefix, full (0/1), then per entry

@@ -84,9 +84,12 @@ def land(ctx: StreamContext, df, batch_id: int) -> BatchReport:
             F.to_date(F.col("served_at")).alias("dt")).toArrow()
         bad = checked.where(F.col("reason").isNotNull()).select(
             "raw", "raw_size", "reason", "ingest_source").toArrow()
-        rep.records = int(df.count())
     finally:
         checked.unpersist()
+    # the batch's Kafka records, from what was parsed (a second read of the source would
+    # fetch the offsets again): an exposure's source is its record's plus "#index"
+    rep.records = len({s.split("#", 1)[0] for s in
+                       (*rows["ingest_source"].to_pylist(), *bad["ingest_source"].to_pylist())})
     rep.quarantined = bad.num_rows
     rep.valid = rows.num_rows and len(set(rows["request_id"].to_pylist()))
     meta = {"lakerec.ingest_id": ingest_id}

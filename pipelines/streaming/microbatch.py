@@ -380,24 +380,32 @@ class StreamContext:
         return self.model
 
 
-    def publish(self, batch_id: int | None = None, *, side: bool = False) -> None:
-        """Bring the online store up to the latest ``recommendations`` version
-        (:class:`pipelines.online.publish.Publisher`): after a batch's commit, the files it
-        added. A store that fails is logged and caught up by the next push; it never fails
-        the batch, whose lists are safe in Delta."""
+    def publish(self, batch: tuple | None = None) -> None:
+        """Push to the online store (:class:`pipelines.online.publish.Publisher`).
+
+        ``batch`` = (batch id, its ``recommendations`` rows, the version they committed as):
+        those rows, from memory (cost: the batch). ``None``, when the query starts: a full
+        publish, so that lists a crash left committed but unpushed land (cost: the table,
+        once per start). A store that fails is logged and caught up later; it never fails
+        the batch, whose lists are safe in Delta.
+        """
         if not self.store_url:
             return
         from pipelines.online.publish import Publisher
-        from pipelines.online.store import open_store
+        from pipelines.online.store import StoreUnavailableError, open_store
 
         try:
             if self.publisher is None:
                 self.publisher = Publisher(self.lakehouse, open_store(self.store_url))
-            self.publisher.sync(side=side, stream_batch=None if batch_id is None
-                                else f"{self.query}:{batch_id}")
-        except Exception as e:  # noqa: BLE001 - any store failure: retried next batch
-            log.warning("online store %s: push failed (%s); the next batch catches up",
-                        self.store_url, str(e).splitlines()[0][:200] if str(e) else type(e))
+            if batch is None:
+                self.publisher.sync()
+            else:
+                batch_id, rows, version = batch
+                self.publisher.push_batch(rows, version,
+                                          stream_batch=f"{self.query}:{batch_id}")
+        except StoreUnavailableError as e:
+            log.warning("online store: push failed (%s); the next push catches up",
+                        str(e).splitlines()[0][:200])
             if self.publisher is not None:
                 self.publisher.store.close()
             self.publisher = None
@@ -527,11 +535,12 @@ def process_batch(ctx: StreamContext, df, batch_id: int) -> BatchReport:
                 lh, USER_FACTORS, uf, txn=txn, metadata=meta, snapshot=dt))
             lap("user_factors")
         recs = _recommendation_rows(rows, model.version, now)
-        write(RECOMMENDATIONS, lambda dt: delta.append_arrow(
+        res = write(RECOMMENDATIONS, lambda dt: delta.append_arrow(
             lh, RECOMMENDATIONS, recs, txn=txn, metadata={**meta, LIST_LENGTH_KEY: ctx.k}, snapshot=dt))
         lap("recommendations")
-        ctx.publish(batch_id)
-        lap("publish")
+        if res is not None and not res.skipped:  # a replayed commit was pushed at the start
+            ctx.publish((batch_id, recs, res.version))
+            lap("publish")
     done = _dt.datetime.now(_dt.UTC)
     good = inter["ts"].to_pylist()
     rep.event_lag_s = _quantiles([(done - t).total_seconds() for t in good if t is not None])

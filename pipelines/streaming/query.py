@@ -45,7 +45,7 @@ def start_query(spark, ctx: StreamContext, *, source_options: Mapping[str, str],
         ctx.checker = record_checker()
         ctx.keyed_state()  # a new or stale state is rebuilt from the tables here, once
         # a push a crash interrupted (committed in Delta, not yet in the store) lands now
-        ctx.publish(side=True)
+        ctx.publish()
     _driver_workers_find_the_code(spark)
     spark.dataSource.register(KafkaSource)
     _, resume = latest_checkpoint_offsets(checkpoint)
